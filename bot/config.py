@@ -1,0 +1,464 @@
+"""The configuration: one JSON file, validated strictly, with built-in defaults for everything.
+
+The schema is written as frozen dataclasses; `_parse` walks a JSON document along their type
+hints so that every error can name the exact key path and what was expected there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+BUNDLED_MODEL_ID = "smollm2-135m-instruct"
+DEFAULT_PROVIDER = "local"
+
+
+class ConfigError(Exception):
+    """A config problem a person can fix; the message names the key path."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        where = f" at {path}" if path else ""
+        super().__init__(f"config error{where}: {problem}")
+
+
+def _secret() -> Any:
+    return field(default=None, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    name: str = ""
+    context_window: int = 2048
+    max_tokens: int = 512
+    capabilities: tuple[str, ...] = ()
+    # Embedded provider only: a GGUF file (llama.cpp) or an MLX folder / hub id. None = bundled.
+    path: str | None = None
+    engine: Literal["llama-cpp", "mlx"] | None = None
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    type: Literal["ollama", "openai-compat", "embedded"]
+    models: tuple[ModelSpec, ...]
+    base_url: str | None = None
+    api_key: str | None = _secret()
+    # Ollama unloads a model after 5 idle minutes unless told otherwise on every request.
+    keep_alive: str = "24h"
+    connect_timeout: float = 5.0
+    # A cold model can take a while to load before its first token; beyond this we give up.
+    first_token_timeout: float = 120.0
+    # Longest silence tolerated between two pieces of a streaming reply.
+    read_timeout: float = 60.0
+    threads: int | None = None
+
+
+def _default_providers() -> dict[str, ProviderSpec]:
+    return {
+        DEFAULT_PROVIDER: ProviderSpec(
+            type="embedded",
+            models=(
+                ModelSpec(
+                    id=BUNDLED_MODEL_ID,
+                    name="SmolLM2 135M Instruct (bundled)",
+                    context_window=2048,
+                    max_tokens=256,
+                ),
+            ),
+        )
+    }
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    port: int = 18789
+    bind: str = "127.0.0.1"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    providers: dict[str, ProviderSpec] = field(default_factory=_default_providers)
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    alias: str
+
+
+@dataclass(frozen=True)
+class AgentDefaults:
+    active_model: str = f"{DEFAULT_PROVIDER}/{BUNDLED_MODEL_ID}"
+    model_registry: dict[str, RegistryEntry] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ToolPolicy:
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    # Small local models loop at temperature 0; these keep short replies usable.
+    temperature: float = 0.2
+    top_p: float = 0.9
+    repeat_penalty: float = 1.1
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class AgentInstance:
+    role: Literal["admin", "guest"]
+    model: str | None = None
+    system_prompt: str | None = None
+    workspace: str | None = None
+    tools: ToolPolicy = field(default_factory=ToolPolicy)
+    params: GenerationParams = field(default_factory=GenerationParams)
+
+
+def _default_instances() -> dict[str, AgentInstance]:
+    return {
+        "admin": AgentInstance(
+            role="admin",
+            tools=ToolPolicy(
+                allow=(
+                    "file_read",
+                    "knowledge_lookup",
+                    "code_interpreter_sandbox",
+                    "shell_exec",
+                    "system_process",
+                    "external_fetch",
+                )
+            ),
+        ),
+        "guest": AgentInstance(
+            role="guest",
+            tools=ToolPolicy(
+                allow=("file_read", "knowledge_lookup", "code_interpreter_sandbox"),
+                deny=("shell_exec", "system_process", "external_fetch"),
+            ),
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class BindingSpec:
+    persona: str
+    platform: str
+    chat_kind: Literal["dm", "group"] | None = None
+    peer: str | None = None
+    group: str | None = None
+    account: str | None = None
+    note: str = ""
+
+
+def _default_bindings() -> tuple[BindingSpec, ...]:
+    # Whoever sits at this machine's terminal owns it: the console chat is the owner's DM.
+    return (
+        BindingSpec(
+            persona="admin",
+            platform="console",
+            chat_kind="dm",
+            peer="owner",
+            note="the local terminal is the owner",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class AgentsSpec:
+    default: AgentDefaults = field(default_factory=AgentDefaults)
+    instances: dict[str, AgentInstance] = field(default_factory=_default_instances)
+    bindings: tuple[BindingSpec, ...] = field(default_factory=_default_bindings)
+
+
+@dataclass(frozen=True)
+class TelegramChannel:
+    token: str | None = _secret()
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class DiscordChannel:
+    token: str | None = _secret()
+    enabled: bool = True
+    message_content_intent: bool = False
+
+
+@dataclass(frozen=True)
+class ChannelsSpec:
+    telegram: TelegramChannel | None = None
+    discord: DiscordChannel | None = None
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    # A SQLAlchemy async URL; None means a SQLite file in the data directory.
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewaySpec = field(default_factory=GatewaySpec)
+    agents: AgentsSpec = field(default_factory=AgentsSpec)
+    channels: ChannelsSpec = field(default_factory=ChannelsSpec)
+    store: StoreSpec = field(default_factory=StoreSpec)
+    data_dir: str | None = None
+
+    def resolve_model(self, reference: str | None) -> tuple[str, ProviderSpec, ModelSpec]:
+        """Map `provider/model-id`, an alias, or None (the active model) to its provider."""
+        ref = reference or self.agents.default.active_model
+        aliases = {e.alias: target for target, e in self.agents.default.model_registry.items()}
+        ref = aliases.get(ref, ref)
+        provider_name, _, model_id = ref.partition("/")
+        provider = self.gateway.providers.get(provider_name)
+        if provider is None:
+            raise KeyError(ref)
+        for model in provider.models:
+            if model.id == model_id:
+                return provider_name, provider, model
+        raise KeyError(ref)
+
+    @property
+    def channels_enabled(self) -> tuple[str, ...]:
+        configured = (("telegram", self.channels.telegram), ("discord", self.channels.discord))
+        return tuple(name for name, channel in configured if channel and channel.enabled)
+
+    def store_url(self) -> str:
+        if self.store.url:
+            return self.store.url
+        return f"sqlite+aiosqlite:///{self.data_path() / 'hearthbot.db'}"
+
+    def data_path(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        return default_data_dir()
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the config, so logs can redact them."""
+        found: list[str] = []
+        _collect_secrets(self, found)
+        return found
+
+
+def default_data_dir() -> Path:
+    if home := os.environ.get("HEARTHBOT_HOME"):
+        return Path(home).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "hearthbot"
+
+
+def default_config_path() -> Path | None:
+    """The config file used when none is named: $HEARTHBOT_CONFIG, else the XDG location."""
+    if named := os.environ.get("HEARTHBOT_CONFIG"):
+        return Path(named).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    candidate = Path(base) / "hearthbot" / "config.json"
+    return candidate if candidate.exists() else None
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate a config file; no file means the built-in defaults."""
+    if path is None:
+        return _check_references(Config())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("", f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                              f"{exc.msg})") from exc
+    return parse_config(raw)
+
+
+def parse_config(raw: object) -> Config:
+    config = _parse(Config, raw, "")
+    assert isinstance(config, Config)
+    return _check_references(config)
+
+
+def _check_references(config: Config) -> Config:
+    for name, provider in config.gateway.providers.items():
+        where = f"gateway.providers.{name}"
+        if provider.type != "embedded" and not provider.base_url:
+            raise ConfigError(f"{where}.base_url",
+                              f"required for a provider of type {provider.type}")
+        if not provider.models:
+            raise ConfigError(f"{where}.models", "at least one model is required")
+    known = sorted(f"{n}/{m.id}" for n, p in config.gateway.providers.items() for m in p.models)
+
+    def check(ref: str | None, where: str) -> None:
+        try:
+            config.resolve_model(ref)
+        except KeyError:
+            raise ConfigError(
+                where, f"{ref!r} names no configured model (expected one of: {', '.join(known)})"
+            ) from None
+
+    check(config.agents.default.active_model, "agents.default.active_model")
+    for target in config.agents.default.model_registry:
+        check(target, f"agents.default.model_registry.{target}")
+    for name, instance in config.agents.instances.items():
+        if instance.model is not None:
+            check(instance.model, f"agents.instances.{name}.model")
+    guest = config.agents.instances.get("guest")
+    if guest is None or guest.role != "guest":
+        raise ConfigError("agents.instances.guest",
+                          "an instance named 'guest' with role 'guest' is required: it answers "
+                          "everyone who is not bound to another persona")
+    for index, binding in enumerate(config.agents.bindings):
+        if binding.persona not in config.agents.instances:
+            raise ConfigError(
+                f"agents.bindings[{index}].persona",
+                f"{binding.persona!r} is not an instance "
+                f"(expected one of: {', '.join(sorted(config.agents.instances))})",
+            )
+    return config
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: str, path: str) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(path, f"environment variable {name} is not set")
+        return os.environ[name]
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin is dict:
+        return f"an object of {_describe(get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "an object"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             type(None): "null"}
+    return names.get(tp, str(tp))
+
+
+def _parse(tp: Any, value: object, path: str) -> Any:
+    origin = get_origin(tp)
+    shown = path or "the top level"
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _parse(inner, value, path)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(shown, f"expected {_describe(tp)}, got {json.dumps(value)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(shown, f"expected {_describe(tp)}, got {_json_type(value)}")
+        return tuple(_parse(get_args(tp)[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(shown, f"expected {_describe(tp)}, got {_json_type(value)}")
+        return {k: _parse(get_args(tp)[1], v, _join(path, k)) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _parse_object(tp, value, path)
+    if tp is bool or tp is str:
+        if not isinstance(value, tp):
+            raise ConfigError(shown, f"expected {_describe(tp)}, got {_json_type(value)}")
+        return _expand_env(value, shown) if isinstance(value, str) else value
+    if tp is int or tp is float:
+        accepted = (int,) if tp is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ConfigError(shown, f"expected {_describe(tp)}, got {_json_type(value)}")
+        return tp(value)
+    raise TypeError(f"unsupported schema type {tp!r}")  # a bug in the schema, not in the file
+
+
+def _parse_object(cls: Any, value: object, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(path or "the top level", f"expected an object, got {_json_type(value)}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in fields:
+            raise ConfigError(
+                _join(path, key),
+                f"unknown key (expected one of: {', '.join(fields)})",
+            )
+    kwargs: dict[str, Any] = {}
+    for name, spec in fields.items():
+        if name in value:
+            kwargs[name] = _parse(hints[name], value[name], _join(path, name))
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise ConfigError(_join(path, name),
+                              f"required key is missing ({_describe(hints[name])})")
+    return cls(**kwargs)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value)}"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _collect_secrets(value: object, found: list[str]) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if f.metadata.get("secret") and isinstance(item, str) and item:
+                found.append(item)
+            else:
+                _collect_secrets(item, found)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect_secrets(item, found)
+    elif isinstance(value, tuple):
+        for item in value:
+            _collect_secrets(item, found)
+
+
+def masked_dict(config: Config) -> dict[str, Any]:
+    """The effective config as plain JSON data, with every secret replaced by asterisks."""
+
+    def convert(value: object) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out: dict[str, Any] = {}
+            for f in dataclasses.fields(value):
+                item = getattr(value, f.name)
+                out[f.name] = "********" if f.metadata.get("secret") and item else convert(item)
+            return out
+        if isinstance(value, Mapping):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, tuple):
+            return [convert(v) for v in value]
+        return value
+
+    result: dict[str, Any] = convert(config)
+    return result

@@ -1,0 +1,63 @@
+"""The one event type every adapter produces, and the reply pieces the core hands back."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+
+class ChatKind(StrEnum):
+    DM = "dm"
+    GROUP = "group"
+
+
+@dataclass(frozen=True)
+class VoiceAttachment:
+    """A voice note or audio file; the bytes are fetched only when needed."""
+
+    mime_type: str
+    duration: float
+    fetch: Callable[[], Awaitable[bytes]] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    platform: str
+    chat_id: str
+    chat_kind: ChatKind
+    sender_id: str
+    sender_name: str
+    message_id: str
+    text: str = ""
+    account: str | None = None
+    group_id: str | None = None
+    mentioned: bool = False
+    reply_to_bot: bool = False
+    voice: VoiceAttachment | None = None
+    # Speech-to-text output can be misheard or hallucinated: prompts mark it as such.
+    transcribed: bool = False
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def addressed(self) -> bool:
+        """Whether the bot should answer: always in a DM, in a group only when addressed."""
+        return self.chat_kind is ChatKind.DM or self.mentioned or self.reply_to_bot
+
+
+@dataclass(frozen=True)
+class ReplyText:
+    """A piece of the reply as it streams."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ReplyFailed:
+    """The turn could not be completed; `message` is one plain sentence for the user."""
+
+    message: str
+
+
+ReplyPart = ReplyText | ReplyFailed
