@@ -1,0 +1,5 @@
+"""Everything hearthbot keeps: bindings, the inbox, conversation history and turn records."""
+
+from bot.store.db import Store, StoreError
+
+__all__ = ["Store", "StoreError"]
