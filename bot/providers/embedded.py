@@ -1,0 +1,223 @@
+"""In-process models: llama.cpp (the bundled default, every OS) and mlx-lm (fast on Apple Silicon).
+
+Inference is CPU- or GPU-bound and would freeze the event loop, so it runs in one dedicated worker
+thread; tokens cross back to the loop through a queue as they are produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.config import GenerationParams, ModelSpec, ProviderSpec
+from bot.providers.base import (
+    ChatMessage,
+    ContextOverflow,
+    Delta,
+    ModelNotFound,
+    ProviderError,
+    StreamEnd,
+    TextDelta,
+    ToolSpec,
+)
+from bot.providers.bundled import bundled_model_path
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Generated:
+    finish_reason: str
+    prompt_tokens: int | None
+    completion_tokens: int
+
+
+class Engine(Protocol):
+    def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
+                 max_tokens: int, emit: Emit, cancelled: threading.Event) -> Generated: ...
+
+
+class LlamaCppEngine:
+    def __init__(self, path: Path, context_window: int, threads: int) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(path), n_ctx=context_window, n_threads=threads,
+                         n_threads_batch=threads, verbose=False)
+
+    def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
+                 max_tokens: int, emit: Emit, cancelled: threading.Event) -> Generated:
+        wire: Any = [{"role": m.role, "content": m.content} for m in messages]
+        try:
+            chunks: Any = self.llm.create_chat_completion(
+                messages=wire,
+                stream=True, temperature=params.temperature, top_p=params.top_p,
+                repeat_penalty=params.repeat_penalty, max_tokens=max_tokens,
+            )
+            produced, finish_reason = 0, "stop"
+            for chunk in chunks:
+                if cancelled.is_set():
+                    finish_reason = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                if text := choice["delta"].get("content"):
+                    produced += 1
+                    emit(text)
+                finish_reason = choice.get("finish_reason") or finish_reason
+        except ValueError as exc:
+            if "exceed context window" in str(exc):
+                raise ContextOverflow(str(exc)) from exc
+            raise
+        # llama.cpp keeps the evaluated tokens: what was not generated was prompt.
+        return Generated(finish_reason, max(self.llm.n_tokens - produced, 0), produced)
+
+
+class MlxEngine:
+    def __init__(self, reference: str) -> None:
+        try:
+            from mlx_lm import load
+        except ImportError as exc:
+            raise ModelNotFound("this model needs mlx-lm; install hearthbot with the `mlx` "
+                                "extra (`pip install -e '.[mlx]'`)") from exc
+        self.model, self.tokenizer = load(reference)
+
+    def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
+                 max_tokens: int, emit: Emit, cancelled: threading.Event) -> Generated:
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+        prompt = self.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=True,
+        )
+        last: Any = None
+        finish_reason = "stop"
+        for last in stream_generate(
+            self.model, self.tokenizer, prompt, max_tokens=max_tokens,
+            sampler=make_sampler(temp=params.temperature, top_p=params.top_p),
+            logits_processors=make_logits_processors(repetition_penalty=params.repeat_penalty),
+        ):
+            if cancelled.is_set():
+                finish_reason = "cancelled"
+                break
+            if last.text:
+                emit(last.text)
+            finish_reason = last.finish_reason or finish_reason
+        if last is None:
+            return Generated(finish_reason, None, 0)
+        return Generated(finish_reason, last.prompt_tokens, last.generation_tokens)
+
+
+def open_engine(model: ModelSpec, threads: int) -> Engine:
+    """Load a model's weights; this is slow and must run off the event loop."""
+    if model.path is None:
+        return LlamaCppEngine(bundled_model_path(), model.context_window, threads)
+    engine = model.engine or ("llama-cpp" if model.path.endswith(".gguf") else "mlx")
+    if engine == "llama-cpp":
+        path = Path(model.path).expanduser()
+        if not path.is_file():
+            raise ModelNotFound(f"model file {path} does not exist")
+        return LlamaCppEngine(path, model.context_window, threads)
+    local = Path(model.path).expanduser()
+    # A folder on disk, or a hub id that mlx-lm downloads on a machine with internet.
+    return MlxEngine(str(local) if local.exists() else model.path)
+
+
+class _Finished:
+    def __init__(self, result: Generated) -> None:
+        self.result = result
+
+
+class EmbeddedProvider:
+    """Holds at most one model resident; loading another releases the previous one first."""
+
+    def __init__(self, name: str, spec: ProviderSpec) -> None:
+        self.name = name
+        self.threads = spec.threads or os.cpu_count() or 1
+        self._resident: tuple[str, Engine] | None = None
+        self._load_lock = asyncio.Lock()
+        # One reply at a time: a loaded model is not re-entrant, and two decodes would only
+        # split the same cores and memory bandwidth.
+        self._turn_lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+
+    async def _engine(self, model: ModelSpec) -> Engine:
+        async with self._load_lock:
+            if self._resident is not None and self._resident[0] == model.id:
+                return self._resident[1]
+            self._resident = None  # drop the old weights before the new ones need the memory
+            loop = asyncio.get_running_loop()
+            try:
+                engine = await loop.run_in_executor(self._executor, open_engine, model,
+                                                    self.threads)
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise ModelNotFound(f"{self.name}: cannot load {model.id}: {exc}") from exc
+            self._resident = (model.id, engine)
+            return engine
+
+    async def warm(self, model: ModelSpec) -> None:
+        await self._engine(model)
+
+    async def unload(self, model: ModelSpec) -> None:
+        async with self._load_lock:
+            if self._resident is not None and self._resident[0] == model.id:
+                self._resident = None
+
+    async def stream(
+        self,
+        model: ModelSpec,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        tools: Sequence[ToolSpec] = (),
+    ) -> AsyncIterator[Delta]:
+        engine = await self._engine(model)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | _Finished | BaseException] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def hand_over(item: str | _Finished | BaseException) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                hand_over(_Finished(engine.generate(
+                    messages, params, params.max_tokens or model.max_tokens, hand_over, cancelled
+                )))
+            except BaseException as exc:  # the consumer re-raises it on the loop
+                hand_over(exc)
+
+        async with self._turn_lock:
+            job = loop.run_in_executor(self._executor, work)
+            try:
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, str):
+                        yield TextDelta(item)
+                    elif isinstance(item, _Finished):
+                        yield StreamEnd(item.result.finish_reason, item.result.prompt_tokens,
+                                        item.result.completion_tokens)
+                        return
+                    elif isinstance(item, ProviderError):
+                        raise item
+                    else:
+                        raise ProviderError(f"{self.name}: generation failed: {item!r}") from item
+            finally:
+                # A reader that stops early (user gone, error downstream) stops the decode too;
+                # the lock is held until the thread has really let go of the model.
+                cancelled.set()
+                await asyncio.wait([job])
+
+    async def close(self) -> None:
+        self._resident = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
