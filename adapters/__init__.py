@@ -1,0 +1,1 @@
+"""One module per chat platform: wire payloads in as InboundEvents, replies out as calls."""

@@ -1,0 +1,228 @@
+"""The `hearthbot` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot.config import (
+    BindingSpec,
+    Config,
+    ConfigError,
+    default_config_path,
+    load_config,
+    masked_dict,
+)
+from bot.logs import setup_logging
+from bot.store import StoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("hearthbot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hearthbot",
+        description="Your own AI assistant on your own machine, reachable from your chat apps.",
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="config file (default: $HEARTHBOT_CONFIG, then "
+                             "~/.config/hearthbot/config.json if present, else built-in defaults)")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="where the database and logs live (default: $HEARTHBOT_HOME or "
+                             "~/.local/share/hearthbot)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("run", help="start the service with the configured chat platforms")
+
+    chat = commands.add_parser("chat", help="chat in this terminal")
+    chat.add_argument("--as", dest="who", choices=("owner", "guest"), default="owner",
+                      help="talk as the owner (admin persona, the default) or as a guest")
+    chat.add_argument("--once", metavar="TEXT", help="send one message, print the reply, exit")
+
+    config = commands.add_parser("config", help="inspect the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate and print the effective config")
+    check.add_argument("file", nargs="?", type=Path, help="the file to check")
+
+    bind = commands.add_parser("bind", help="give a persona to matching chats")
+    bind.add_argument("--platform", required=True, help="telegram, discord, console, ...")
+    bind.add_argument("--persona", required=True, help="a persona (agents.instances) name")
+    bind.add_argument("--chat-kind", choices=("dm", "group"), help="only DMs or only groups")
+    bind.add_argument("--peer", help="the sender's platform user id")
+    bind.add_argument("--group", help="a group, guild or channel id")
+    bind.add_argument("--account", help="which bot account, when several are configured")
+    bind.add_argument("--note", default="", help="a reminder of why this binding exists")
+
+    unbind = commands.add_parser("unbind", help="remove a binding by its id")
+    unbind.add_argument("id", type=int)
+
+    bindings = commands.add_parser("bindings", help="list the binding table")
+    bindings.add_argument("--platform")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"hearthbot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "config":
+        print(json.dumps(masked_dict(config), indent=2))
+        print("config is valid", file=sys.stderr)
+        return EXIT_OK
+    interactive = args.command == "chat" or (args.command == "run" and not config.channels_enabled)
+    setup_logging(config.gateway.log_level, config.secrets(), config.data_path() / "logs",
+                  to_stderr=not interactive)
+    try:
+        return asyncio.run(_dispatch(args, config))
+    except KeyboardInterrupt:
+        return 130
+    except StoreError as exc:
+        print(f"hearthbot: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path = getattr(args, "file", None) or args.config or default_config_path()
+    config = load_config(path)
+    if args.data_dir is not None:
+        config = _with_data_dir(config, args.data_dir)
+    return config
+
+
+def _with_data_dir(config: Config, data_dir: Path) -> Config:
+    from dataclasses import replace
+
+    return replace(config, data_dir=str(data_dir))
+
+
+async def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "chat":
+        return await _chat(config, args.who, args.once)
+    if args.command == "run":
+        return await _run(config)
+    if args.command == "bind":
+        return await _bind(config, args)
+    if args.command == "unbind":
+        return await _unbind(config, args.id)
+    return await _list_bindings(config, args.platform)
+
+
+async def _chat(config: Config, who: str, once: str | None) -> int:
+    from adapters.console import ConsoleChat
+    from bot.service import open_service
+
+    async with open_service(config) as service:
+        if once is not None:
+            # One-shot questions stand alone: each starts from an empty conversation.
+            console = ConsoleChat(service.gateway, sender=who, chat_id=f"{who}-once")
+            await service.gateway.handle(console.event("/new"), _discard)
+            return EXIT_OK if await console.ask(once) else EXIT_FAILED
+        console = ConsoleChat(service.gateway, sender=who)
+        label = service.models.target(None).label
+        resolution = await service.gateway.persona_for(console.event(""))
+        print(f"hearthbot: chatting as {who} with the {resolution.persona} persona "
+              f"on {label}.", file=sys.stderr)
+        print("Loading the model...", file=sys.stderr, flush=True)
+        try:
+            seconds = await service.models.warm(service.gateway.personas[resolution.persona].model)
+        except Exception as exc:  # the reply path reports it again, plainly, per message
+            log.warning("warm-up failed: %s", exc)
+        else:
+            print(f"Ready in {seconds:.1f} s. /new starts over, Ctrl-D quits.", file=sys.stderr)
+        await console.repl()
+        return EXIT_OK
+
+
+async def _run(config: Config) -> int:
+    if not config.channels_enabled:
+        if sys.stdin.isatty():
+            print("No chat platforms are configured; opening the terminal chat instead.",
+                  file=sys.stderr)
+            return await _chat(config, "owner", None)
+        print("No chat platforms are configured (see the channels section of the config); "
+              "nothing to run.", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"hearthbot: the configured platforms ({', '.join(config.channels_enabled)}) are "
+          "not supported by this version yet.", file=sys.stderr)
+    return EXIT_USAGE
+
+
+async def _discard(_event: object, reply: object) -> None:
+    async for _ in reply:  # type: ignore[attr-defined]
+        pass
+
+
+async def _bind(config: Config, args: argparse.Namespace) -> int:
+    from bot.service import open_store
+    from bot.store.bindings import add_binding
+
+    if args.persona not in config.agents.instances:
+        print(f"hearthbot: unknown persona {args.persona!r} (expected one of: "
+              f"{', '.join(sorted(config.agents.instances))})", file=sys.stderr)
+        return EXIT_USAGE
+    spec = BindingSpec(persona=args.persona, platform=args.platform, chat_kind=args.chat_kind,
+                       peer=args.peer, group=args.group, account=args.account, note=args.note)
+    role = config.agents.instances[args.persona].role
+    if role == "admin" and (spec.chat_kind != "dm" or spec.peer is None):
+        print("hearthbot: an admin persona is only ever granted in a DM with a known person; "
+              "give --chat-kind dm and --peer ID", file=sys.stderr)
+        return EXIT_USAGE
+    async with open_store(config) as store:
+        binding = await add_binding(store, spec)
+    print(f"binding {binding.id}: {_describe(binding)}")
+    return EXIT_OK
+
+
+async def _unbind(config: Config, binding_id: int) -> int:
+    from bot.service import open_store
+    from bot.store.bindings import remove_binding
+
+    async with open_store(config) as store:
+        removed = await remove_binding(store, binding_id)
+    if not removed:
+        print(f"hearthbot: there is no binding {binding_id}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"binding {binding_id} removed")
+    return EXIT_OK
+
+
+async def _list_bindings(config: Config, platform: str | None) -> int:
+    from bot.service import open_store
+    from bot.store.bindings import list_bindings
+
+    async with open_store(config) as store:
+        rows = await list_bindings(store, platform)
+    if not rows:
+        print("no bindings: everyone gets the guest persona")
+    for binding in rows:
+        print(f"{binding.id:>4}  {_describe(binding)}")
+    return EXIT_OK
+
+
+def _describe(binding: object) -> str:
+    from bot.store.bindings import Binding
+
+    assert isinstance(binding, Binding)
+    who = [binding.platform]
+    who.append(binding.chat_kind or "any chat")
+    who.append(f"peer {binding.peer_id}" if binding.peer_id else "anyone")
+    if binding.group_id:
+        who.append(f"group {binding.group_id}")
+    if binding.account:
+        who.append(f"account {binding.account}")
+    note = f"  ({binding.note})" if binding.note else ""
+    return f"{' / '.join(who)} -> {binding.persona}  [{binding.source}]{note}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

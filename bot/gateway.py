@@ -1,0 +1,184 @@
+"""The path of one message: inbox → router → persona → session → model → reply → record.
+
+Adapters call `Gateway.handle(event, deliver)`; `deliver` is the adapter's own coroutine that
+consumes the reply stream and puts it on the platform. Nothing here knows any platform.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from bot import context
+from bot.events import InboundEvent, ReplyFailed, ReplyPart, ReplyText
+from bot.providers import ProviderError, StreamEnd, TextDelta
+from bot.residency import ModelHost
+from bot.router import Resolution, resolve
+from bot.store import Store, inbox
+from bot.store.bindings import list_bindings
+from bot.store.history import TurnRecord, open_conversation, save_turn, start_new_session
+from persona import Persona
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[InboundEvent, AsyncIterator[ReplyPart]], Awaitable[None]]
+
+EMPTY_REPLY = "The model had nothing to say to that. Please try rephrasing."
+DELIVERY_FAILED = "delivery failed"
+
+
+class Outcome(StrEnum):
+    ANSWERED = "answered"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+
+
+COMMANDS = (
+    Command("new", "start a fresh conversation"),
+    Command("whoami", "say which persona answers you"),
+)
+
+
+class Gateway:
+    def __init__(self, store: Store, models: ModelHost, personas: Mapping[str, Persona]) -> None:
+        self.store = store
+        self.models = models
+        self.personas = personas
+        self._roles = {name: p.role for name, p in personas.items()}
+
+    async def handle(self, event: InboundEvent, deliver: Deliver) -> Outcome:
+        """Answer one inbound event exactly once."""
+        inbox_id = await inbox.record(self.store, event)
+        if inbox_id is None:
+            log.info("%s message %s in chat %s seen before; not answering again",
+                     event.platform, event.message_id, event.chat_id)
+            return Outcome.DUPLICATE
+        return await self.answer(inbox_id, event, deliver)
+
+    async def resume(self, platform: str, deliver: Deliver) -> int:
+        """Answer what was stored but never answered before the last stop."""
+        pending = await inbox.unanswered(self.store, platform)
+        for inbox_id, event in pending:
+            log.info("resuming unanswered %s message %s", platform, event.message_id)
+            await self.answer(inbox_id, event, deliver)
+        return len(pending)
+
+    async def persona_for(self, event: InboundEvent) -> Resolution:
+        bindings = await list_bindings(self.store, event.platform)
+        return resolve(event, bindings, self._roles)
+
+    async def answer(self, inbox_id: int, event: InboundEvent, deliver: Deliver) -> Outcome:
+        if not event.addressed:
+            await inbox.mark(self.store, inbox_id, inbox.IGNORED)
+            return Outcome.IGNORED
+        resolution = await self.persona_for(event)
+        persona = self.personas[resolution.persona]
+        command = _command_in(event.text)
+        if command is not None:
+            reply = await self._run_command(command, event, persona)
+            await deliver(event, _single(reply))
+            await inbox.mark(self.store, inbox_id, inbox.ANSWERED)
+            return Outcome.ANSWERED
+        return await self._model_turn(inbox_id, event, persona, deliver)
+
+    async def _run_command(self, command: str, event: InboundEvent, persona: Persona) -> str:
+        if command == "new":
+            await start_new_session(self.store, event.platform, event.chat_id, persona.name)
+            return "Started a fresh conversation."
+        if command == "whoami":
+            return f"You are talking to the {persona.name} persona ({persona.role})."
+        known = ", ".join(f"/{c.name} ({c.help})" for c in COMMANDS)
+        return f"I don't know that command. I understand: {known}."
+
+    async def _model_turn(self, inbox_id: int, event: InboundEvent, persona: Persona,
+                          deliver: Deliver) -> Outcome:
+        target = self.models.target(persona.model)
+        conversation = await open_conversation(self.store, event.platform, event.chat_id,
+                                               persona.name)
+        output_tokens = persona.params.max_tokens or target.model.max_tokens
+        messages = context.fit_messages(persona.system_prompt, conversation.messages, event.text,
+                                        event.transcribed, target.model, output_tokens,
+                                        conversation.summary)
+        pieces: list[str] = []
+        first_token_at: datetime | None = None
+        end: StreamEnd | None = None
+        failure: str | None = None
+        started = time.perf_counter()
+
+        async def reply() -> AsyncGenerator[ReplyPart, None]:
+            nonlocal first_token_at, end, failure
+            try:
+                async for delta in target.provider.stream(target.model, messages,
+                                                          persona.params):
+                    if isinstance(delta, TextDelta):
+                        first_token_at = first_token_at or _now()
+                        pieces.append(delta.text)
+                        yield ReplyText(delta.text)
+                    elif isinstance(delta, StreamEnd):
+                        end = delta
+            except ProviderError as exc:
+                failure = str(exc)
+                log.warning("turn for %s message %s failed: %s", event.platform,
+                            event.message_id, exc)
+                yield ReplyFailed(exc.user_message)
+                return
+            if not "".join(pieces).strip():
+                failure = "the model returned no text"
+                yield ReplyFailed(EMPTY_REPLY)
+
+        try:
+            async with aclosing(reply()) as stream:
+                await deliver(event, stream)
+        except Exception as exc:
+            # The adapter has logged what the platform said; the turn is recorded as failed.
+            log.exception("delivering the reply to %s chat %s failed", event.platform,
+                          event.chat_id)
+            failure = failure or f"{DELIVERY_FAILED}: {exc!r}"
+        status = inbox.FAILED if failure else inbox.ANSWERED
+        await save_turn(self.store, TurnRecord(
+            inbox_id=inbox_id, session_id=conversation.session_id, persona=persona.name,
+            model=target.label, received_at=_naive(event.received_at),
+            first_token_at=_naive(first_token_at) if first_token_at else None,
+            done_at=_naive(_now()),
+            prompt_tokens=end.prompt_tokens if end else None,
+            completion_tokens=end.completion_tokens if end else None,
+            status=status, error=failure, user_text=event.text,
+            user_transcribed=event.transcribed, reply_text="".join(pieces),
+        ))
+        log.info("%s turn in %s chat %s: persona=%s model=%s %.2fs", status, event.platform,
+                 event.chat_id, persona.name, target.label, time.perf_counter() - started)
+        return Outcome.FAILED if failure else Outcome.ANSWERED
+
+
+def _command_in(text: str) -> str | None:
+    """`/new` or `/new@botname` → "new"; anything else is not a command."""
+    if not text.startswith("/"):
+        return None
+    word = text[1:].split(maxsplit=1)[0] if len(text) > 1 else ""
+    name = word.split("@", 1)[0].lower()
+    return name or None
+
+
+async def _single(text: str) -> AsyncIterator[ReplyPart]:
+    yield ReplyText(text)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _naive(moment: datetime) -> datetime:
+    """Stored times are naive UTC (see bot.store.tables.utcnow)."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
