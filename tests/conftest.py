@@ -1,0 +1,101 @@
+"""Shared fixtures, and a guard that fails any test reaching beyond this machine."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import Config, parse_config
+from bot.service import Service, open_service, open_store
+from bot.store import Store
+from tests.fakes.llm_backends import FakeOllama, FakeOpenAI
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def _is_local(host: object) -> bool:
+    if not isinstance(host, str):
+        return True  # AF_UNIX paths and the like never leave the machine
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _network_guard(event: str, args: tuple[Any, ...]) -> None:
+    # An audit hook sees every connect and name lookup in the process, libraries included;
+    # raising here makes the offending call fail loudly instead of quietly reaching out.
+    if event == "socket.connect":
+        address = args[1]
+        if isinstance(address, tuple) and not _is_local(address[0]):
+            raise ConnectionRefusedError(f"test tried to reach {address!r} beyond loopback")
+    elif event == "socket.getaddrinfo" and not _is_local(args[0]):
+        raise socket.gaierror(f"test tried to look up {args[0]!r}")
+
+
+sys.addaudithook(_network_guard)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def make_config(data_dir: Path, **sections: Any) -> Config:
+    """A config from plain dicts, as a user would write it, with the data dir set."""
+    raw: dict[str, Any] = {"data_dir": str(data_dir), **sections}
+    return parse_config(json.loads(json.dumps(raw)))
+
+
+def ollama_config(data_dir: Path, fake: FakeOllama, **extra: Any) -> Config:
+    provider = {"type": "ollama", "base_url": fake.base_url, "first_token_timeout": 5,
+                "read_timeout": 5,
+                "models": [{"id": fake.models[0], "context_window": 8192, "max_tokens": 256}]}
+    return make_config(
+        data_dir,
+        gateway={"providers": {"ollama": provider}},
+        agents={"default": {"active_model": f"ollama/{fake.models[0]}"}, **extra},
+    )
+
+
+@pytest.fixture
+async def fake_ollama() -> AsyncIterator[FakeOllama]:
+    async with FakeOllama() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def store(data_dir: Path) -> AsyncIterator[Store]:
+    async with open_store(make_config(data_dir)) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def ollama_service(data_dir: Path, fake_ollama: FakeOllama) -> AsyncIterator[Service]:
+    async with open_service(ollama_config(data_dir, fake_ollama)) as service:
+        yield service
+
+
+@pytest.fixture
+def cli_env(data_dir: Path) -> Iterator[dict[str, str]]:
+    """Environment for running the real `hearthbot` command in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTHBOT_")}
+    env["HEARTHBOT_HOME"] = str(data_dir)
+    env["XDG_CONFIG_HOME"] = str(data_dir / "xdg-config")  # never the developer's own config
+    yield env

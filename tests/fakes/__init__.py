@@ -1,0 +1,1 @@
+"""Local fake servers that stand in for chat platforms and model backends in tests."""

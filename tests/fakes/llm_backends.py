@@ -1,0 +1,442 @@
+"""Scriptable fake model servers speaking the Ollama-native and OpenAI-compatible wire formats,
+so the gateway's providers (and its own overhead) can be measured without any model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, object]
+
+
+@dataclass(frozen=True)
+class ScriptedReply:
+    chunks: tuple[str, ...] = ("Hello", " there", ".")
+    tool_calls: tuple[ToolCall, ...] = ()
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    status: int = 200
+    disconnect_after: int | None = None  # counts streamed lines/events: text, then tool calls
+    prompt_tokens: int = 12
+    finish_reason: str = "stop"
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    body: dict[str, object] | None
+    headers: dict[str, str]  # keys lower-cased so tests need not guess the client's casing
+    at: float  # time.monotonic()
+
+
+def _dumps(payload: object) -> str:
+    # Compact like the real servers (Go's encoder, pydantic): clients must not rely on spacing.
+    return json.dumps(payload, separators=(",", ":"))
+
+
+class _FakeBackend:
+    """Lifecycle, request recording, the reply queue and the paced writer shared by both."""
+
+    _url_suffix = ""
+
+    def __init__(self, models: Sequence[str]) -> None:
+        self.models: list[str] = list(models)
+        self.requests: list[RecordedRequest] = []
+        self.port = 0
+        self._queue: deque[ScriptedReply] = deque()
+        self._runner: web.AppRunner | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self._url_suffix}"
+
+    def script(self, *replies: ScriptedReply) -> None:
+        self._queue.extend(replies)
+
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == path]
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._recorder()])
+        self._add_routes(app)
+        # handler_cancellation stops a handler as soon as its client hangs up, and the short
+        # grace period bounds stop() even for a handler that somehow outlives cancellation.
+        runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.2)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        for task in list(self._inflight):  # open streams would otherwise hold cleanup up
+            task.cancel()
+        await self._runner.cleanup()
+        self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    def _recorder(self) -> Middleware:
+        @web.middleware
+        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            body = body if isinstance(body, dict) else None
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            self.requests.append(
+                RecordedRequest(request.method, request.path, body, headers, time.monotonic()))
+            if raw and body is None:
+                return self._error(400, "invalid JSON body")
+            denied = self._guard(request)
+            if denied is not None:
+                return denied
+            task = asyncio.current_task()
+            assert task is not None
+            self._inflight.add(task)
+            try:
+                return await handler(request)
+            finally:
+                self._inflight.discard(task)
+        return record
+
+    def _add_routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    def _error(self, status: int, message: str) -> web.Response:
+        raise NotImplementedError
+
+    def _guard(self, request: web.Request) -> web.Response | None:
+        return None
+
+    def _next_reply(self) -> ScriptedReply:
+        return self._queue.popleft() if self._queue else ScriptedReply()
+
+    async def _pump(self, request: web.Request, resp: web.StreamResponse,
+                    reply: ScriptedReply, pieces: Sequence[bytes]) -> int | None:
+        """Write pieces at the scripted pace: monotonic ns of the first write, None if cut."""
+        cut = reply.disconnect_after
+        first_ns: int | None = None
+        if not pieces or cut == 0:
+            await asyncio.sleep(reply.first_token_delay)
+        for i, piece in enumerate(pieces):
+            if cut is not None and i >= cut:
+                break
+            await asyncio.sleep(reply.first_token_delay if i == 0 else reply.token_delay)
+            first_ns = first_ns or time.monotonic_ns()
+            await resp.write(piece)
+        if cut is not None:
+            _cut(request)
+            return None
+        return first_ns or time.monotonic_ns()
+
+    async def _wait_whole(self, request: web.Request, reply: ScriptedReply) -> bool:
+        """Non-streamed replies take as long as the stream would; False if cut instead."""
+        pieces = len(reply.chunks) + len(reply.tool_calls)
+        await asyncio.sleep(reply.first_token_delay + reply.token_delay * max(pieces - 1, 0))
+        if reply.disconnect_after is not None:
+            _cut(request)
+            return False
+        return True
+
+
+async def _body(request: web.Request) -> Json:
+    raw = await request.read()  # cached by aiohttp; the recorder has already vetted it
+    parsed: Json = json.loads(raw) if raw else {}
+    return parsed
+
+
+def _cut(request: web.Request) -> None:
+    # close(), not abort(): bytes already written still reach the client, then EOF arrives
+    # mid-body, which is how a crashed backend looks from the other side.
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+_ZERO_DURATION = re.compile(r"0+(\.0+)?(ns|us|µs|ms|s|m|h)?")
+
+
+def _is_zero_keep_alive(value: object) -> bool:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value == 0
+    return isinstance(value, str) and _ZERO_DURATION.fullmatch(value.strip()) is not None
+
+
+class FakeOllama(_FakeBackend):
+    """Ollama's native API: tags, ps, version, show, chat and generate under /api."""
+
+    def __init__(self, models: Sequence[str] = ("llama3.2:3b",), *,
+                 context_length: int = 8192) -> None:
+        super().__init__(models)
+        self.context_length = context_length
+        self.loaded: list[str] = []
+        self.peak_loaded = 0  # lets tests assert two models were never resident at once
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_get("/api/ps", self._ps)
+        app.router.add_get("/api/version", self._version)
+        app.router.add_post("/api/show", self._show)
+        app.router.add_post("/api/chat", functools.partial(self._answer, chat=True))
+        app.router.add_post("/api/generate", functools.partial(self._answer, chat=False))
+
+    def _error(self, status: int, message: str) -> web.Response:
+        return web.json_response({"error": message}, status=status, dumps=_dumps)
+
+    def _resolve(self, name: object) -> str | None:
+        if not isinstance(name, str) or not name:
+            return None
+        # Ollama treats a bare name as its ":latest" tag.
+        return next((c for c in (name, f"{name}:latest") if c in self.models), None)
+
+    def _set_loaded(self, model: str, resident: bool) -> None:
+        if resident and model not in self.loaded:
+            self.loaded.append(model)
+        elif not resident and model in self.loaded:
+            self.loaded.remove(model)
+        self.peak_loaded = max(self.peak_loaded, len(self.loaded))
+
+    def _describe(self, name: str) -> Json:
+        details = {"parent_model": "", "format": "gguf", "family": "llama",
+                   "families": ["llama"], "parameter_size": "3.2B",
+                   "quantization_level": "Q4_K_M"}
+        return {"name": name, "model": name, "size": 2_019_393_189,
+                "digest": hashlib.sha256(name.encode()).hexdigest(), "details": details}
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        models = [{**self._describe(m), "modified_at": _now_rfc3339()} for m in self.models]
+        return web.json_response({"models": models}, dumps=_dumps)
+
+    async def _ps(self, request: web.Request) -> web.Response:
+        expires = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+        models = [{**self._describe(m), "expires_at": expires, "size_vram": 2_019_393_189,
+                   "context_length": self.context_length} for m in self.loaded]
+        return web.json_response({"models": models}, dumps=_dumps)
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.12.6"})
+
+    async def _show(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        asked = body.get("model", body.get("name"))
+        name = self._resolve(asked)
+        if name is None:
+            return self._error(404, f"model '{asked}' not found")
+        return web.json_response({
+            "modelfile": f"FROM {name}\n", "parameters": "", "template": "{{ .Prompt }}",
+            "details": self._describe(name)["details"], "modified_at": _now_rfc3339(),
+            "model_info": {"general.architecture": "llama",
+                           "llama.context_length": self.context_length},
+            "capabilities": ["completion", "tools"],
+        }, dumps=_dumps)
+
+    async def _answer(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        started = time.monotonic_ns()
+        body = await _body(request)
+        if not body.get("model"):
+            return self._error(400, "model is required")
+        model = self._resolve(body["model"])
+        if model is None:
+            return self._error(404, f'model "{body["model"]}" not found, try pulling it first')
+        unload = _is_zero_keep_alive(body.get("keep_alive"))
+
+        def line(text: str, calls: list[Json] | None = None, **extra: Any) -> Json:
+            out: Json = {"model": body["model"], "created_at": _now_rfc3339()}
+            if chat:
+                out["message"] = {"role": "assistant", "content": text}
+                if calls:
+                    out["message"]["tool_calls"] = calls
+            else:
+                out["response"] = text
+            return {**out, **extra}
+
+        if not (body.get("messages") if chat else body.get("prompt")):
+            # Ollama's load/unload idiom: no input, answered at once and never streamed.
+            self._set_loaded(model, not unload)
+            reason = "unload" if unload else "load"
+            return web.json_response(line("", done_reason=reason, done=True), dumps=_dumps)
+        reply = self._next_reply()
+        if reply.status != 200:
+            return self._error(reply.status, f"scripted failure ({reply.status})")
+        was_loaded = model in self.loaded
+        self._set_loaded(model, True)
+        tools = [{"id": f"call_{i}", "function": {"index": i, "name": t.name,
+                                                  "arguments": t.arguments}}
+                 for i, t in enumerate(reply.tool_calls)] if chat else []
+
+        def stats(first_ns: int) -> Json:
+            now = time.monotonic_ns()
+            return {"done": True, "done_reason": reply.finish_reason,
+                    "total_duration": now - started,
+                    "load_duration": 0 if was_loaded else 1_000_000,
+                    "prompt_eval_count": reply.prompt_tokens,
+                    "prompt_eval_duration": first_ns - started,
+                    "eval_count": len(reply.chunks), "eval_duration": now - first_ns}
+
+        if body.get("stream", True) is False:
+            if not await self._wait_whole(request, reply):
+                return web.Response()
+            first_ns = started + int(reply.first_token_delay * 1e9)
+            self._set_loaded(model, not unload)
+            return web.json_response(
+                line("".join(reply.chunks), tools, **stats(first_ns)), dumps=_dumps)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        # One line per tool call: clients must gather calls across lines, not expect one batch.
+        lines = [line(c, done=False) for c in reply.chunks]
+        lines += [line("", [t], done=False) for t in tools]
+        first = await self._pump(request, resp, reply, [(_dumps(x) + "\n").encode() for x in lines])
+        if first is None:
+            return resp
+        tail = line("", **stats(first)) | ({} if chat else {"context": [1, 2, 3]})
+        await resp.write((_dumps(tail) + "\n").encode())
+        self._set_loaded(model, not unload)
+        await resp.write_eof()
+        return resp
+
+
+_OPENAI_ERROR_KINDS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+def _sse(payload: Json) -> bytes:
+    return f"data: {_dumps(payload)}\n\n".encode()
+
+
+class FakeOpenAI(_FakeBackend):
+    """An OpenAI-compatible server (the surface mlx_lm.server, llama-server and vLLM share)."""
+
+    _url_suffix = "/v1"
+
+    def __init__(self, models: Sequence[str] = ("llama3.2:3b",), *,
+                 api_key: str | None = None) -> None:
+        super().__init__(models)
+        self.api_key = api_key
+        self._completions = 0
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+
+    def _error(self, status: int, message: str) -> web.Response:
+        kind, code = _OPENAI_ERROR_KINDS.get(status, ("server_error", None))
+        error = {"message": message, "type": kind, "param": None, "code": code}
+        return web.json_response({"error": error}, status=status, dumps=_dumps)
+
+    def _guard(self, request: web.Request) -> web.Response | None:
+        wanted = f"Bearer {self.api_key}"
+        if self.api_key is None or request.headers.get("Authorization") == wanted:
+            return None
+        return self._error(401, "Incorrect API key provided.")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake"}
+                for m in self.models]
+        return web.json_response({"object": "list", "data": data}, dumps=_dumps)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        if not isinstance(body.get("messages"), list):
+            return self._error(400, "'messages' is a required property")
+        # mlx_lm.server and llama-server fall back to their loaded model when none is named.
+        model = body.get("model") or self.models[0]
+        if model not in self.models:
+            return self._error(404, f"The model `{model}` does not exist.")
+        reply = self._next_reply()
+        if reply.status != 200:
+            return self._error(reply.status, f"scripted failure ({reply.status})")
+        self._completions += 1
+        head: Json = {"id": f"chatcmpl-{self._completions}", "created": int(time.time()),
+                      "model": model, "system_fingerprint": "fp_fake"}
+        calls: list[Json] = [
+            {"index": i, "id": f"call_{self._completions}_{i}", "type": "function",
+             "function": {"name": t.name, "arguments": json.dumps(t.arguments)}}
+            for i, t in enumerate(reply.tool_calls)]
+        finish = "tool_calls" if calls and reply.finish_reason == "stop" else reply.finish_reason
+        done = len(reply.chunks)
+        usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": done,
+                 "total_tokens": reply.prompt_tokens + done}
+
+        if body.get("stream") is not True:
+            if not await self._wait_whole(request, reply):
+                return web.Response()
+            message: Json = {"role": "assistant",
+                             "content": "".join(reply.chunks) if reply.chunks else None}
+            if calls:
+                message["tool_calls"] = calls
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            return web.json_response({**head, "object": "chat.completion", "choices": [choice],
+                                      "usage": usage}, dumps=_dumps)
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def event(delta: Json, finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None,
+                      "finish_reason": finish_reason}
+            chunk: Json = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+            if include_usage:  # OpenAI sends an explicit null on every chunk but the last
+                chunk["usage"] = None
+            return _sse(chunk)
+
+        # Real servers send a call's id and name first, then argument fragments; clients must
+        # merge them by index, so the fake makes them do it.
+        deltas: list[Json] = [{"content": c} for c in reply.chunks]
+        for call in calls:
+            header = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
+            args = {"index": call["index"],
+                    "function": {"arguments": call["function"]["arguments"]}}
+            deltas += [{"tool_calls": [header]}, {"tool_calls": [args]}]
+        deltas = deltas or [{"content": ""}]
+        deltas[0] = {"role": "assistant", **deltas[0]}
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        if await self._pump(request, resp, reply, [event(d) for d in deltas]) is None:
+            return resp
+        await resp.write(event({}, finish))
+        if include_usage:
+            await resp.write(
+                _sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
