@@ -1,0 +1,145 @@
+"""The real `hearthbot` command in a subprocess, against a fake model server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+from pathlib import Path
+
+from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+
+
+async def hearthbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def write_config(tmp_path: Path, base_url: str) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({
+        "gateway": {"providers": {"home": {
+            "type": "ollama", "base_url": base_url, "first_token_timeout": 5,
+            "models": [{"id": "llama3.2:3b", "context_window": 8192}]}}},
+        "agents": {"default": {"active_model": "home/llama3.2:3b"}},
+    }))
+    return str(path)
+
+
+async def test_once_prints_the_reply_as_owner(tmp_path: Path, fake_ollama: FakeOllama,
+                                             cli_env: dict[str, str]) -> None:
+    fake_ollama.script(ScriptedReply(chunks=("Forty", "-two", ".")))
+    config = write_config(tmp_path, fake_ollama.base_url)
+    code, out, err = await hearthbot("--config", config, "chat", "--once", "The answer?",
+                                     env=cli_env)
+    assert (code, out, err) == (0, "Forty-two.\n", "")
+    body = fake_ollama.requests_to("/api/chat")[-1].body
+    assert body is not None
+    assert body["messages"][0]["content"].startswith("You are hearthbot, the owner's")  # type: ignore[index]
+    assert body["model"] == "llama3.2:3b" and body["keep_alive"] == "24h"
+
+
+async def test_once_as_guest_and_each_once_stands_alone(tmp_path: Path, fake_ollama: FakeOllama,
+                                                        cli_env: dict[str, str]) -> None:
+    config = write_config(tmp_path, fake_ollama.base_url)
+    for question in ("first", "second"):
+        code, _, _ = await hearthbot("--config", config, "chat", "--as", "guest", "--once",
+                                     question, env=cli_env)
+        assert code == 0
+    body = fake_ollama.requests_to("/api/chat")[-1].body
+    assert body is not None
+    messages = body["messages"]
+    assert messages[0]["content"].startswith("You are hearthbot, a friendly public")  # type: ignore[index]
+    assert [m["content"] for m in messages[1:]] == ["second"]  # type: ignore[index]
+
+
+async def test_backend_down_is_one_plain_sentence_and_exit_1(tmp_path: Path,
+                                                            cli_env: dict[str, str]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(tmp_path, f"http://127.0.0.1:{port}")
+    code, out, err = await hearthbot("--config", config, "chat", "--once", "hello", env=cli_env)
+    assert (code, out) == (1, "")
+    assert err == "The model isn't reachable right now. Please try again in a moment.\n"
+    log = (Path(cli_env["HEARTHBOT_HOME"]) / "logs" / "hearthbot.log").read_text()
+    assert f"cannot reach http://127.0.0.1:{port}/api/chat" in log
+
+
+async def test_bind_list_unbind(cli_env: dict[str, str]) -> None:
+    code, out, _ = await hearthbot("bind", "--platform", "telegram", "--chat-kind", "dm",
+                                   "--peer", "4242", "--persona", "admin", "--note", "me",
+                                   env=cli_env)
+    assert code == 0 and "telegram / dm / peer 4242 -> admin" in out
+    binding_id = out.split(":", 1)[0].removeprefix("binding ").strip()
+    code, out, _ = await hearthbot("bindings", "--platform", "telegram", env=cli_env)
+    assert code == 0 and "peer 4242 -> admin  [cli]  (me)" in out
+    code, out, _ = await hearthbot("unbind", binding_id, env=cli_env)
+    assert (code, out) == (0, f"binding {binding_id} removed\n")
+    code, out, _ = await hearthbot("bindings", "--platform", "telegram", env=cli_env)
+    assert out == "no bindings: everyone gets the guest persona\n"
+
+
+async def test_bind_refuses_admin_for_groups_and_wildcards(cli_env: dict[str, str]) -> None:
+    for extra in (["--chat-kind", "group", "--peer", "1"], ["--chat-kind", "dm"]):
+        code, _, err = await hearthbot("bind", "--platform", "telegram", "--persona", "admin",
+                                       *extra, env=cli_env)
+        assert code == 2 and "only ever granted in a DM" in err
+
+
+async def test_run_without_platforms_and_no_terminal_says_so(cli_env: dict[str, str]) -> None:
+    code, out, err = await hearthbot("run", env=cli_env)
+    assert (code, out) == (2, "")
+    assert err.startswith("No chat platforms are configured")
+    assert len(err.strip().splitlines()) == 1
+
+
+async def test_run_on_a_terminal_opens_the_chat(tmp_path: Path, fake_ollama: FakeOllama,
+                                               cli_env: dict[str, str]) -> None:
+    fake_ollama.script(ScriptedReply(chunks=("Hi", " from", " the", " terminal.")))
+    config = write_config(tmp_path, fake_ollama.base_url)
+    screen = await asyncio.to_thread(_type_into_terminal,
+                                     [sys.executable, "-m", "bot.cli", "--config", config, "run"],
+                                     cli_env, "hello\n", "terminal.")
+    assert "opening the terminal chat" in screen
+    assert "Hi from the terminal." in screen
+    assert "/new starts over" in screen
+
+
+def _type_into_terminal(argv: list[str], env: dict[str, str], keys: str, wait_for: str) -> str:
+    """Run a command on a pseudo-terminal, type, read until `wait_for`, then send Ctrl-D."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import time
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env,
+                               close_fds=True)
+    os.close(terminal)
+    screen = ""
+    deadline = time.monotonic() + 60
+    typed = False
+    try:
+        while wait_for not in screen and time.monotonic() < deadline:
+            if not typed and "you> " in screen:
+                os.write(controller, keys.encode())
+                typed = True
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                screen += os.read(controller, 4096).decode(errors="replace")
+        os.write(controller, b"\x04")
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(controller)
+    assert process.returncode == 0, screen
+    return screen

@@ -1,0 +1,140 @@
+"""Config: zero-config defaults, strict validation with key paths, secrets masked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import BUNDLED_MODEL_ID, ConfigError, load_config, masked_dict, parse_config
+
+GOOD = {
+    "gateway": {
+        "providers": {
+            "ollama": {"type": "ollama", "base_url": "http://127.0.0.1:11434",
+                       "models": [{"id": "qwen3:8b", "context_window": 32768}]},
+        }
+    },
+    "agents": {
+        "default": {"active_model": "ollama/qwen3:8b",
+                    "model_registry": {"ollama/qwen3:8b": {"alias": "fast"}}},
+        "instances": {
+            "admin": {"role": "admin", "model": "fast"},
+            "guest": {"role": "guest", "tools": {"deny": ["shell_exec"]}},
+        },
+        "bindings": [{"persona": "admin", "platform": "telegram", "chat_kind": "dm",
+                      "peer": "42"}],
+    },
+    "channels": {"telegram": {"token": "${TEST_TG_TOKEN}"}},
+}
+
+
+def test_no_config_file_means_bundled_model_and_sqlite() -> None:
+    config = load_config(None)
+    provider_name, provider, model = config.resolve_model(None)
+    assert provider.type == "embedded"
+    assert model.id == BUNDLED_MODEL_ID and model.path is None
+    assert config.store_url().startswith("sqlite+aiosqlite:///")
+    assert set(config.agents.instances) == {"admin", "guest"}
+
+
+def test_aliases_resolve_and_env_references_expand(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_TG_TOKEN", "123:secret-token")
+    config = parse_config(GOOD)
+    assert config.resolve_model("fast")[2].id == "qwen3:8b"
+    assert config.channels.telegram is not None
+    assert config.channels.telegram.token == "123:secret-token"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "expected"),
+    [
+        (lambda c: c["gateway"].update(colour="blue"), "gateway.colour", "unknown key"),
+        (lambda c: c["gateway"]["providers"]["ollama"]["models"][0].update(context_window="big"),
+         "gateway.providers.ollama.models[0].context_window", "expected an integer"),
+        (lambda c: c["agents"]["default"].update(active_model="ollama/nope"),
+         "agents.default.active_model", "names no configured model"),
+        (lambda c: c["agents"]["instances"]["admin"].update(model="missing/model"),
+         "agents.instances.admin.model", "names no configured model"),
+        (lambda c: c["agents"]["bindings"][0].update(persona="root"),
+         "agents.bindings[0].persona", "is not an instance"),
+        (lambda c: c["gateway"]["providers"]["ollama"].update(type="gpt"),
+         "gateway.providers.ollama.type", "expected 'ollama' or 'openai-compat' or 'embedded'"),
+        (lambda c: c["gateway"]["providers"]["ollama"]["models"][0].pop("id"),
+         "gateway.providers.ollama.models[0].id", "required key is missing"),
+        (lambda c: c["channels"]["telegram"].update(enabled="yes"),
+         "channels.telegram.enabled", "expected true or false"),
+    ],
+)
+def test_errors_name_the_key_path(mutate: object, path: str, expected: str,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_TG_TOKEN", "x")
+    raw = json.loads(json.dumps(GOOD))
+    mutate(raw)  # type: ignore[operator]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    assert caught.value.path == path
+    assert expected in str(caught.value)
+
+
+def test_missing_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_TG_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="TEST_TG_TOKEN is not set") as caught:
+        parse_config(GOOD)
+    assert caught.value.path == "channels.telegram.token"
+
+
+def test_invalid_json_says_where(tmp_path: Path) -> None:
+    bad = tmp_path / "config.json"
+    bad.write_text('{"gateway": {,}}')
+    with pytest.raises(ConfigError, match=r"not valid JSON \(line 1, column 14"):
+        load_config(bad)
+
+
+def test_secrets_are_masked_and_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_TG_TOKEN", "123:secret-token")
+    config = parse_config(GOOD)
+    shown = json.dumps(masked_dict(config))
+    assert "secret-token" not in shown
+    assert masked_dict(config)["channels"]["telegram"]["token"] == "********"
+    assert config.secrets() == ["123:secret-token"]
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"gateway": {"colour": "blue"}}, "gateway.colour"),
+        ({"gateway": {"port": "eighty"}}, "gateway.port"),
+        ({"agents": {"default": {"active_model": "local/missing"}}}, "agents.default.active_model"),
+    ],
+)
+def test_cli_config_errors_are_one_line_and_exit_2(tmp_path: Path, change: dict[str, object],
+                                                   path: str, cli_env: dict[str, str]) -> None:
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(change))
+    for argv in (["config", "check", str(config_file)],
+                 ["--config", str(config_file), "chat", "--once", "hi"]):
+        done = subprocess.run([sys.executable, "-m", "bot.cli", *argv], capture_output=True,
+                              text=True, env=cli_env, timeout=60)
+        assert done.returncode == 2
+        assert done.stdout == ""
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert path in lines[0]
+
+
+def test_cli_config_check_prints_effective_config_masked(
+        tmp_path: Path, cli_env: dict[str, str]) -> None:
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"channels": {"discord": {"token": "${DC}"}}}))
+    env = {**cli_env, "DC": "discord-secret-value"}
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "config", "check", str(config_file)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["channels"]["discord"]["token"] == "********"
+    assert "discord-secret-value" not in done.stdout + done.stderr
+    assert shown["agents"]["default"]["active_model"] == f"local/{BUNDLED_MODEL_ID}"

@@ -1,0 +1,67 @@
+"""The bundled model, really run in-process by llama.cpp."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.config import BUNDLED_MODEL_ID, GenerationParams, ModelSpec, ProviderSpec
+from bot.providers import ChatMessage, ContextOverflow, StreamEnd, TextDelta
+from bot.providers.embedded import EmbeddedProvider
+
+MODEL = ModelSpec(id=BUNDLED_MODEL_ID, context_window=2048, max_tokens=48)
+PARAMS = GenerationParams()
+QUESTION = (ChatMessage("system", "You are a helpful assistant."),
+            ChatMessage("user", "Name three colours."))
+
+
+@pytest.fixture(scope="module")
+def provider() -> EmbeddedProvider:
+    return EmbeddedProvider("local", ProviderSpec(type="embedded", models=(MODEL,)))
+
+
+async def test_bundled_model_streams_a_reply(provider: EmbeddedProvider) -> None:
+    await provider.warm(MODEL)
+    deltas = [d async for d in provider.stream(MODEL, QUESTION, PARAMS)]
+    texts = [d.text for d in deltas if isinstance(d, TextDelta)]
+    end = deltas[-1]
+    assert len(texts) > 3, "expected the reply in several pieces, as it is produced"
+    assert "".join(texts).strip()
+    assert isinstance(end, StreamEnd)
+    assert end.completion_tokens == len(texts)
+    assert end.prompt_tokens is not None and end.prompt_tokens > 10
+
+
+async def test_stopping_early_frees_the_model_for_the_next_reply(
+        provider: EmbeddedProvider) -> None:
+    stream: AsyncIterator[object] = provider.stream(MODEL, QUESTION, PARAMS)
+    async for _ in stream:
+        break
+    await stream.aclose()  # type: ignore[attr-defined]
+    deltas = await asyncio.wait_for(
+        _collect(provider.stream(MODEL, QUESTION, PARAMS)), timeout=60)
+    assert isinstance(deltas[-1], StreamEnd)
+
+
+async def test_prompt_beyond_the_window_is_a_context_overflow(
+        provider: EmbeddedProvider) -> None:
+    huge = (ChatMessage("user", "apple " * 4000),)
+    with pytest.raises(ContextOverflow):
+        await _collect(provider.stream(MODEL, huge, PARAMS))
+
+
+async def test_zero_config_cli_answers_with_the_bundled_model(cli_env: dict[str, str]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "chat", "--once", "Say hello.", env=cli_env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=180)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().strip()
+    assert err.decode() == ""
+
+
+async def _collect(stream: AsyncIterator[object]) -> list[object]:
+    return [item async for item in stream]
