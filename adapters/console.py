@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
 from bot.events import ChatKind, InboundEvent, ReplyFailed, ReplyPart, ReplyText
-from bot.gateway import Gateway, Outcome
+from bot.gateway import Gateway, TurnResult
 
 PLATFORM = "console"
 OWNER = "owner"  # bound to the admin persona by the default config
@@ -46,12 +46,11 @@ class ConsoleChat:
         self.out.write("\n")
         self.out.flush()
 
-    async def ask(self, text: str) -> bool:
-        """Send one message; True when it was answered."""
-        outcome = await self.gateway.handle(self.event(text), self.deliver)
-        return outcome is Outcome.ANSWERED
+    async def ask(self, text: str) -> TurnResult:
+        return await self.gateway.handle(self.event(text), self.deliver)
 
-    async def repl(self, prompt: str = "you> ") -> None:
+    async def repl(self, prompt: str = "you> ",
+                   on_result: Callable[[TurnResult], None] | None = None) -> None:
         """Read lines until end of input (Ctrl-D) and answer each."""
         while True:
             try:
@@ -61,4 +60,6 @@ class ConsoleChat:
                 self.out.write("\n")
                 return
             if line.strip():
-                await self.ask(line.strip())
+                result = await self.ask(line.strip())
+                if on_result is not None:
+                    on_result(result)

@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import (
     BindingSpec,
@@ -20,6 +21,9 @@ from bot.config import (
 )
 from bot.logs import setup_logging
 from bot.store import StoreError
+
+if TYPE_CHECKING:
+    from bot.gateway import TurnResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -45,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--as", dest="who", choices=("owner", "guest"), default="owner",
                       help="talk as the owner (admin persona, the default) or as a guest")
     chat.add_argument("--once", metavar="TEXT", help="send one message, print the reply, exit")
+    chat.add_argument("--stats", action="store_true",
+                      help="after each reply, print time to first token and decode speed")
 
     config = commands.add_parser("config", help="inspect the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -107,7 +113,7 @@ def _with_data_dir(config: Config, data_dir: Path) -> Config:
 
 async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "chat":
-        return await _chat(config, args.who, args.once)
+        return await _chat(config, args.who, args.once, args.stats)
     if args.command == "run":
         return await _run(config)
     if args.command == "bind":
@@ -117,7 +123,7 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     return await _list_bindings(config, args.platform)
 
 
-async def _chat(config: Config, who: str, once: str | None) -> int:
+async def _chat(config: Config, who: str, once: str | None, stats: bool = False) -> int:
     from adapters.console import ConsoleChat
     from bot.service import open_service
 
@@ -126,7 +132,10 @@ async def _chat(config: Config, who: str, once: str | None) -> int:
             # One-shot questions stand alone: each starts from an empty conversation.
             console = ConsoleChat(service.gateway, sender=who, chat_id=f"{who}-once")
             await service.gateway.handle(console.event("/new"), _discard)
-            return EXIT_OK if await console.ask(once) else EXIT_FAILED
+            result = await console.ask(once)
+            if stats:
+                _print_stats(result)
+            return EXIT_OK if result.answered else EXIT_FAILED
         console = ConsoleChat(service.gateway, sender=who)
         label = service.models.target(None).label
         resolution = await service.gateway.persona_for(console.event(""))
@@ -139,7 +148,7 @@ async def _chat(config: Config, who: str, once: str | None) -> int:
             log.warning("warm-up failed: %s", exc)
         else:
             print(f"Ready in {seconds:.1f} s. /new starts over, Ctrl-D quits.", file=sys.stderr)
-        await console.repl()
+        await console.repl(on_result=_print_stats if stats else None)
         return EXIT_OK
 
 
@@ -155,6 +164,15 @@ async def _run(config: Config) -> int:
     print(f"hearthbot: the configured platforms ({', '.join(config.channels_enabled)}) are "
           "not supported by this version yet.", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _print_stats(result: TurnResult) -> None:
+    if result.first_token_seconds is None:
+        return
+    speed = result.tokens_per_second
+    print(f"[first token {result.first_token_seconds:.3f} s, {result.completion_tokens} tokens "
+          f"in {result.total_seconds or 0:.3f} s"
+          + (f", {speed:.1f} tokens/s]" if speed else "]"), file=sys.stderr)
 
 
 async def _discard(_event: object, reply: object) -> None:

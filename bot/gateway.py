@@ -40,6 +40,28 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True)
+class TurnResult:
+    outcome: Outcome
+    # Filled for model turns: seconds from the start of the turn to the first text, and in all.
+    first_token_seconds: float | None = None
+    total_seconds: float | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.outcome is Outcome.ANSWERED
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Decode speed: tokens after the first, over the time after the first."""
+        if not (self.completion_tokens and self.first_token_seconds is not None
+                and self.total_seconds and self.completion_tokens > 1):
+            return None
+        decoding = self.total_seconds - self.first_token_seconds
+        return (self.completion_tokens - 1) / decoding if decoding > 0 else None
+
+
+@dataclass(frozen=True)
 class Command:
     name: str
     help: str
@@ -58,13 +80,13 @@ class Gateway:
         self.personas = personas
         self._roles = {name: p.role for name, p in personas.items()}
 
-    async def handle(self, event: InboundEvent, deliver: Deliver) -> Outcome:
+    async def handle(self, event: InboundEvent, deliver: Deliver) -> TurnResult:
         """Answer one inbound event exactly once."""
         inbox_id = await inbox.record(self.store, event)
         if inbox_id is None:
             log.info("%s message %s in chat %s seen before; not answering again",
                      event.platform, event.message_id, event.chat_id)
-            return Outcome.DUPLICATE
+            return TurnResult(Outcome.DUPLICATE)
         return await self.answer(inbox_id, event, deliver)
 
     async def resume(self, platform: str, deliver: Deliver) -> int:
@@ -79,10 +101,10 @@ class Gateway:
         bindings = await list_bindings(self.store, event.platform)
         return resolve(event, bindings, self._roles)
 
-    async def answer(self, inbox_id: int, event: InboundEvent, deliver: Deliver) -> Outcome:
+    async def answer(self, inbox_id: int, event: InboundEvent, deliver: Deliver) -> TurnResult:
         if not event.addressed:
             await inbox.mark(self.store, inbox_id, inbox.IGNORED)
-            return Outcome.IGNORED
+            return TurnResult(Outcome.IGNORED)
         resolution = await self.persona_for(event)
         persona = self.personas[resolution.persona]
         command = _command_in(event.text)
@@ -90,7 +112,7 @@ class Gateway:
             reply = await self._run_command(command, event, persona)
             await deliver(event, _single(reply))
             await inbox.mark(self.store, inbox_id, inbox.ANSWERED)
-            return Outcome.ANSWERED
+            return TurnResult(Outcome.ANSWERED)
         return await self._model_turn(inbox_id, event, persona, deliver)
 
     async def _run_command(self, command: str, event: InboundEvent, persona: Persona) -> str:
@@ -103,7 +125,7 @@ class Gateway:
         return f"I don't know that command. I understand: {known}."
 
     async def _model_turn(self, inbox_id: int, event: InboundEvent, persona: Persona,
-                          deliver: Deliver) -> Outcome:
+                          deliver: Deliver) -> TurnResult:
         target = self.models.target(persona.model)
         conversation = await open_conversation(self.store, event.platform, event.chat_id,
                                                persona.name)
@@ -113,17 +135,20 @@ class Gateway:
                                         conversation.summary)
         pieces: list[str] = []
         first_token_at: datetime | None = None
+        first_token_seconds: float | None = None
         end: StreamEnd | None = None
         failure: str | None = None
         started = time.perf_counter()
 
         async def reply() -> AsyncGenerator[ReplyPart, None]:
-            nonlocal first_token_at, end, failure
+            nonlocal first_token_at, first_token_seconds, end, failure
             try:
                 async for delta in target.provider.stream(target.model, messages,
                                                           persona.params):
                     if isinstance(delta, TextDelta):
-                        first_token_at = first_token_at or _now()
+                        if first_token_at is None:
+                            first_token_at = _now()
+                            first_token_seconds = time.perf_counter() - started
                         pieces.append(delta.text)
                         yield ReplyText(delta.text)
                     elif isinstance(delta, StreamEnd):
@@ -157,9 +182,14 @@ class Gateway:
             status=status, error=failure, user_text=event.text,
             user_transcribed=event.transcribed, reply_text="".join(pieces),
         ))
-        log.info("%s turn in %s chat %s: persona=%s model=%s %.2fs", status, event.platform,
-                 event.chat_id, persona.name, target.label, time.perf_counter() - started)
-        return Outcome.FAILED if failure else Outcome.ANSWERED
+        result = TurnResult(Outcome.FAILED if failure else Outcome.ANSWERED,
+                            first_token_seconds, time.perf_counter() - started,
+                            end.completion_tokens if end else None)
+        log.info("%s turn in %s chat %s: persona=%s model=%s first token %s s, %.2f s in all, "
+                 "%s tokens", status, event.platform, event.chat_id, persona.name, target.label,
+                 f"{first_token_seconds:.2f}" if first_token_seconds is not None else "-",
+                 result.total_seconds or 0.0, result.completion_tokens)
+        return result
 
 
 def _command_in(text: str) -> str | None:

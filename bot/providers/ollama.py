@@ -98,5 +98,6 @@ def _tool_call(call: object, number: int) -> ToolCallDelta:
     arguments = function.get("arguments") or {}
     if isinstance(arguments, str):
         arguments = json.loads(arguments or "{}")
-    return ToolCallDelta(id=f"call_{number}", name=str(function.get("name", "")),
+    call_id = call.get("id") if isinstance(call, dict) else None
+    return ToolCallDelta(id=str(call_id or f"call_{number}"), name=str(function.get("name", "")),
                          arguments=dict(arguments))
