@@ -138,3 +138,12 @@ def test_cli_config_check_prints_effective_config_masked(
     assert shown["channels"]["discord"]["token"] == "********"
     assert "discord-secret-value" not in done.stdout + done.stderr
     assert shown["agents"]["default"]["active_model"] == f"local/{BUNDLED_MODEL_ID}"
+
+
+def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HEARTHBOT_OWNER_TELEGRAM_ID", "TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN"):
+        monkeypatch.setenv(name, "12345678")
+    example = Path(__file__).resolve().parents[1] / "deploy" / "hearthbot.example.json"
+    config = load_config(example)
+    assert config.resolve_model("fast")[0] == "mlx"
+    assert config.channels_enabled == ("telegram", "discord")

@@ -58,3 +58,14 @@ async def test_unanswered_events_survive_a_restart(data_dir: Path) -> None:
     await reopened.close()
     assert [e.message_id for _, e in pending] == ["9"]
     assert pending[0][1].text == "hello"
+
+
+def test_schema_head_constant_matches_the_migrations() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from bot.store.db import MIGRATIONS_DIR, SCHEMA_HEAD
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    assert ScriptDirectory.from_config(config).get_heads() == [SCHEMA_HEAD]

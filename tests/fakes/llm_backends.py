@@ -78,7 +78,7 @@ class _FakeBackend:
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application(middlewares=[self._recorder()])
         self._add_routes(app)
         # handler_cancellation stops a handler as soon as its client hangs up, and the short
@@ -86,7 +86,7 @@ class _FakeBackend:
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=0.2)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
         self._runner = runner
         self.port = int(runner.addresses[0][1])
 
