@@ -35,7 +35,7 @@ GOOD = {
 def test_no_config_file_means_bundled_model_and_sqlite() -> None:
     config = load_config(None)
     provider_name, provider, model = config.resolve_model(None)
-    assert provider.type == "embedded"
+    assert (provider_name, provider.type) == ("local", "embedded")
     assert model.id == BUNDLED_MODEL_ID and model.path is None
     assert config.store_url().startswith("sqlite+aiosqlite:///")
     assert set(config.agents.instances) == {"admin", "guest"}
