@@ -1,0 +1,227 @@
+"""Showing a reply while it streams, within a platform's rate limits, and never losing it.
+
+Two ways of showing progress, shared by the adapters:
+- `stream_by_editing`: send the first text, then edit it in place (Discord, Telegram groups).
+- `stream_by_preview`: update an ephemeral preview, then send real messages (Telegram drafts).
+
+Progress updates are best effort: one call per pacing tick at most, skipped while the chat is
+rate limited. The final text is delivered for sure: it waits out every `retry_after` and
+retries network errors, so the whole reply arrives however often the platform pushes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Generic, Protocol, TypeVar
+
+from adapters.chunking import split_message
+from adapters.errors import DeliveryError, PlatformUnavailable, RateLimited
+from bot.events import ReplyFailed, ReplyPart, ReplyText
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Handle = TypeVar("Handle")
+Sent_co = TypeVar("Sent_co", covariant=True)
+
+TYPING_REFRESH_SECONDS = 4.0  # chat actions fade after about 5 s
+FINAL_ATTEMPTS = 8
+
+
+@dataclass
+class Pacer:
+    """Spaces the calls to one chat at least `interval` apart, and holds them all while the
+    platform has asked us to wait."""
+
+    interval: float
+    _next_at: float = field(default=0.0, init=False)
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self._next_at
+
+    def used(self) -> None:
+        self._next_at = max(self._next_at, time.monotonic() + self.interval)
+
+    def hold(self, seconds: float) -> None:
+        self._next_at = max(self._next_at, time.monotonic() + seconds)
+
+    async def wait(self) -> None:
+        delay = self._next_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+async def deliver_surely(pacer: Pacer, call: Callable[[], Awaitable[T]],
+                         attempts: int = FINAL_ATTEMPTS) -> T:
+    """Make a call that must succeed: wait out rate limits, back off on network errors."""
+    for attempt in range(attempts):
+        await pacer.wait()
+        try:
+            result = await call()
+        except RateLimited as exc:
+            log.warning("rate limited, waiting %.1f s before retrying", exc.retry_after)
+            pacer.hold(exc.retry_after)
+        except PlatformUnavailable as exc:
+            backoff = min(0.5 * 2**attempt, 30.0)
+            log.warning("platform unavailable (%s); retrying in %.1f s", exc, backoff)
+            pacer.hold(backoff)
+        else:
+            pacer.used()
+            return result
+    raise DeliveryError(f"gave up after {attempts} attempts")
+
+
+async def try_now(pacer: Pacer, call: Callable[[], Awaitable[object]]) -> bool:
+    """Make a progress call if the chat may be called now; a refusal only delays the next."""
+    if not pacer.ready():
+        return False
+    try:
+        await call()
+    except RateLimited as exc:
+        pacer.hold(exc.retry_after)
+        return False
+    except PlatformUnavailable as exc:
+        log.info("progress update skipped: %s", exc)
+        pacer.hold(pacer.interval)
+        return False
+    pacer.used()
+    return True
+
+
+@contextlib.asynccontextmanager
+async def typing_while(action: Callable[[], Awaitable[object]] | None) -> AsyncIterator[
+        Callable[[], None]]:
+    """Refresh a typing indicator until the returned `stop()` is called or the block ends."""
+    if action is None:
+        yield lambda: None
+        return
+
+    async def refresh() -> None:
+        while True:
+            with contextlib.suppress(DeliveryError):
+                await action()
+            await asyncio.sleep(TYPING_REFRESH_SECONDS)
+
+    task = asyncio.create_task(refresh())
+
+    def stop() -> None:
+        task.cancel()
+
+    try:
+        yield stop
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class EditableChat(Protocol[Handle]):
+    """A chat where a sent message can be edited in place."""
+
+    limit: int
+
+    async def send(self, text: str, final: bool) -> Handle: ...
+
+    async def edit(self, handle: Handle, text: str, final: bool) -> None: ...
+
+    async def typing(self) -> None: ...
+
+
+@dataclass
+class _Shown(Generic[Handle]):
+    handle: Handle
+    text: str
+    final: bool = False
+
+
+def final_text(text: str, failure: str | None) -> str:
+    """What the user finally reads: the reply, and the plain sentence if it broke off."""
+    if failure is None:
+        return text
+    return f"{text.rstrip()}\n\n{failure}" if text.strip() else failure
+
+
+async def stream_by_editing(parts: AsyncIterator[ReplyPart], chat: EditableChat[Handle],
+                            pacer: Pacer) -> list[Handle]:
+    """Show the reply by sending it and editing it as it grows; returns the messages sent."""
+    shown: list[_Shown[Handle]] = []
+    text, failure = "", None
+
+    async def progress() -> None:
+        pieces = split_message(text, chat.limit)
+        # One call per tick: complete a finished message first, then open the next one, then
+        # grow the current one.
+        for index, piece in enumerate(pieces):
+            if index == len(shown):
+                handle = await chat.send(piece, False)
+                shown.append(_Shown(handle, piece))
+                return
+            if shown[index].text != piece:
+                await chat.edit(shown[index].handle, piece, False)
+                shown[index].text = piece
+                return
+
+    async with typing_while(chat.typing) as stop_typing:
+        async for part in parts:
+            if isinstance(part, ReplyText):
+                text += part.text
+                if text.strip():
+                    stop_typing()
+                    await try_now(pacer, progress)
+            elif isinstance(part, ReplyFailed):
+                failure = part.message
+    for index, piece in enumerate(split_message(final_text(text, failure), chat.limit)):
+        if index < len(shown):
+            message = shown[index]
+            await deliver_surely(pacer, partial(chat.edit, message.handle, piece, True))
+            message.text, message.final = piece, True
+        else:
+            handle = await deliver_surely(pacer, partial(chat.send, piece, True))
+            shown.append(_Shown(handle, piece, True))
+    return [message.handle for message in shown]
+
+
+class PreviewChat(Protocol[Sent_co]):
+    """A chat with an ephemeral preview (a draft) that real messages replace."""
+
+    limit: int
+
+    async def preview(self, text: str) -> None: ...
+
+    async def send(self, text: str, final: bool) -> Sent_co: ...
+
+    async def typing(self) -> None: ...
+
+
+async def stream_by_preview(parts: AsyncIterator[ReplyPart], chat: PreviewChat[Handle],
+                            pacer: Pacer) -> list[Handle]:
+    """Show the reply in a preview as it grows; each piece that fills up, and the rest at the
+    end, is sent as a real message. Returns the messages sent."""
+    sent: list[Handle] = []
+    text, failure, previewed = "", None, ""
+
+    async with typing_while(chat.typing) as stop_typing:
+        async for part in parts:
+            if isinstance(part, ReplyFailed):
+                failure = part.message
+                continue
+            text += part.text
+            pieces = split_message(text, chat.limit)
+            while len(pieces) - 1 > len(sent):  # a piece is full: it becomes a real message
+                piece = pieces[len(sent)]
+                sent.append(await deliver_surely(pacer, partial(chat.send, piece, True)))
+            current = pieces[-1]
+            if current.strip() and current != previewed:
+                stop_typing()
+                if await try_now(pacer, partial(chat.preview, current)):
+                    previewed = current
+    remaining = split_message(final_text(text, failure), chat.limit)[len(sent):]
+    for piece in remaining:
+        sent.append(await deliver_surely(pacer, partial(chat.send, piece, True)))
+    return sent
