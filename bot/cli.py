@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     unbind = commands.add_parser("unbind", help="remove a binding by its id")
     unbind.add_argument("id", type=int)
 
+    commands.add_parser("pair", help="print a one-hour code that makes a DM the owner's")
+
     bindings = commands.add_parser("bindings", help="list the binding table")
     bindings.add_argument("--platform")
     return parser
@@ -120,6 +122,8 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return await _bind(config, args)
     if args.command == "unbind":
         return await _unbind(config, args.id)
+    if args.command == "pair":
+        return await _pair(config)
     return await _list_bindings(config, args.platform)
 
 
@@ -198,6 +202,18 @@ async def _bind(config: Config, args: argparse.Namespace) -> int:
     async with open_store(config) as store:
         binding = await add_binding(store, spec)
     print(f"binding {binding.id}: {_describe(binding)}")
+    return EXIT_OK
+
+
+async def _pair(config: Config) -> int:
+    from bot.pairing import CODE_LIFETIME, create_code, display
+    from bot.service import open_store
+
+    async with open_store(config) as store:
+        code = await create_code(store)
+    minutes = int(CODE_LIFETIME.total_seconds() // 60)
+    print(f"Pairing code: {display(code)} (valid for {minutes} minutes)")
+    print(f"Send  /pair {code}  to the bot in a direct message to make that chat yours.")
     return EXIT_OK
 
 

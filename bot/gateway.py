@@ -7,6 +7,7 @@ consumes the reply stream and puts it on the platform. Nothing here knows any pl
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -16,6 +17,7 @@ from enum import StrEnum
 
 from bot import context
 from bot.events import InboundEvent, ReplyFailed, ReplyPart, ReplyText
+from bot.pairing import redeem
 from bot.providers import ProviderError, StreamEnd, TextDelta
 from bot.residency import ModelHost
 from bot.router import Resolution, resolve
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[InboundEvent, AsyncIterator[ReplyPart]], Awaitable[None]]
 
 EMPTY_REPLY = "The model had nothing to say to that. Please try rephrasing."
+UNSUPPORTED = "I can read text and voice messages, but not that kind of message yet."
 DELIVERY_FAILED = "delivery failed"
 
 
@@ -70,6 +73,7 @@ class Command:
 COMMANDS = (
     Command("new", "start a fresh conversation"),
     Command("whoami", "say which persona answers you"),
+    Command("pair", "pair this DM with the owner's code from `hearthbot pair`"),
 )
 
 
@@ -79,13 +83,21 @@ class Gateway:
         self.models = models
         self.personas = personas
         self._roles = {name: p.role for name, p in personas.items()}
+        self._admin_persona = next((n for n, p in personas.items() if p.role == "admin"),
+                                   "admin")
 
-    async def handle(self, event: InboundEvent, deliver: Deliver) -> TurnResult:
-        """Answer one inbound event exactly once."""
+    async def accept(self, event: InboundEvent) -> int | None:
+        """Store an event before it is acknowledged; None when it was seen before."""
         inbox_id = await inbox.record(self.store, event)
         if inbox_id is None:
             log.info("%s message %s in chat %s seen before; not answering again",
                      event.platform, event.message_id, event.chat_id)
+        return inbox_id
+
+    async def handle(self, event: InboundEvent, deliver: Deliver) -> TurnResult:
+        """Answer one inbound event exactly once."""
+        inbox_id = await self.accept(event)
+        if inbox_id is None:
             return TurnResult(Outcome.DUPLICATE)
         return await self.answer(inbox_id, event, deliver)
 
@@ -108,14 +120,24 @@ class Gateway:
         resolution = await self.persona_for(event)
         persona = self.personas[resolution.persona]
         command = _command_in(event.text)
-        if command is not None:
-            reply = await self._run_command(command, event, persona)
+        if command is not None or not (event.text.strip() or event.voice):
+            if command is None:
+                reply = UNSUPPORTED
+            else:
+                reply = await self._run_command(*command, event, persona)
             await deliver(event, _single(reply))
             await inbox.mark(self.store, inbox_id, inbox.ANSWERED)
             return TurnResult(Outcome.ANSWERED)
         return await self._model_turn(inbox_id, event, persona, deliver)
 
-    async def _run_command(self, command: str, event: InboundEvent, persona: Persona) -> str:
+    async def _run_command(self, command: str, argument: str, event: InboundEvent,
+                           persona: Persona) -> str:
+        if command == "start":
+            return ("Hello! Send me a message and I'll answer. "
+                    + " ".join(f"/{c.name} to {c.help}." for c in COMMANDS[:2]))
+        if command == "pair":
+            result = await redeem(self.store, event, argument, self._admin_persona)
+            return result.message
         if command == "new":
             await start_new_session(self.store, event.platform, event.chat_id, persona.name)
             return "Started a fresh conversation."
@@ -192,13 +214,17 @@ class Gateway:
         return result
 
 
-def _command_in(text: str) -> str | None:
-    """`/new` or `/new@botname` → "new"; anything else is not a command."""
-    if not text.startswith("/"):
+_COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")
+
+
+def _command_in(text: str) -> tuple[str, str] | None:
+    """`/pair ABC` or `/pair@botname ABC` → ("pair", "ABC"); anything else is not a command."""
+    if not text.startswith("/") or len(text) < 2 or text[1].isspace():
         return None
-    word = text[1:].split(maxsplit=1)[0] if len(text) > 1 else ""
+    word, _, argument = text[1:].partition(" ")
     name = word.split("@", 1)[0].lower()
-    return name or None
+    # "/usr/bin is missing" is a sentence, not a command.
+    return (name, argument.strip()) if _COMMAND_NAME.fullmatch(name) else None
 
 
 async def _single(text: str) -> AsyncIterator[ReplyPart]:

@@ -10,7 +10,8 @@ from bot.events import ChatKind, InboundEvent
 from bot.store import Store, inbox
 from tests.conftest import make_config
 
-TABLES = {"bindings", "sessions", "messages", "inbox", "turns", "alembic_version"}
+TABLES = {"bindings", "sessions", "messages", "inbox", "turns", "pairing_codes",
+          "pairing_attempts", "alembic_version"}
 
 
 def _event(message_id: str) -> InboundEvent:
@@ -28,7 +29,7 @@ async def test_migrations_create_schema_from_empty_and_rerun_cleanly(data_dir: P
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
         assert tables >= TABLES
-        assert db.execute("select version_num from alembic_version").fetchall() == [("0001",)]
+        assert db.execute("select version_num from alembic_version").fetchall() == [("0002",)]
         assert db.execute("pragma journal_mode").fetchone() == ("wal",)
 
 

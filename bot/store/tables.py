@@ -107,3 +107,31 @@ class TurnRow(Base):
     done_at: Mapped[datetime | None] = mapped_column(default=None)
     prompt_tokens: Mapped[int | None] = mapped_column(default=None)
     completion_tokens: Mapped[int | None] = mapped_column(default=None)
+
+
+class PairingCodeRow(Base):
+    """A short-lived code the owner sends in a DM to bind that DM to the admin persona.
+
+    Only a hash is stored: the database never holds a code that could still be redeemed.
+    """
+
+    __tablename__ = "pairing_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+    used_by: Mapped[str | None] = mapped_column(String(200), default=None)
+
+
+class PairingAttemptRow(Base):
+    __tablename__ = "pairing_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    sender_id: Mapped[str] = mapped_column(String(128))
+    succeeded: Mapped[bool] = mapped_column()
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_pairing_attempts_at", "at"),)
