@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,9 +166,41 @@ async def _run(config: Config) -> int:
         print("No chat platforms are configured (see the channels section of the config); "
               "nothing to run.", file=sys.stderr)
         return EXIT_USAGE
-    print(f"hearthbot: the configured platforms ({', '.join(config.channels_enabled)}) are "
-          "not supported by this version yet.", file=sys.stderr)
-    return EXIT_USAGE
+    from adapters import build_adapters
+    from adapters.errors import AdapterStartError
+    from bot.providers import ProviderError
+    from bot.service import open_service
+
+    async with open_service(config) as service:
+        try:
+            await service.models.warm()
+        except ProviderError as exc:
+            # Keep serving: the backend may come up later, and each reply says so until then.
+            log.warning("the model is not ready: %s", exc)
+            print(f"hearthbot: the model is not ready yet ({exc}); starting anyway.",
+                  file=sys.stderr)
+        tasks = [asyncio.create_task(a.serve(), name=a.platform)
+                 for a in build_adapters(config, service.gateway)]
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, lambda: [t.cancel() for t in tasks])
+        log.info("serving %s", ", ".join(config.channels_enabled))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and isinstance(task.exception(), AdapterStartError):
+                print(f"hearthbot: {task.exception()}", file=sys.stderr)
+                return EXIT_FAILED
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s adapter stopped", task.get_name(), exc_info=task.exception())
+                print(f"hearthbot: the {task.get_name()} adapter stopped unexpectedly; "
+                      "see the log for details.", file=sys.stderr)
+                return EXIT_FAILED
+    return EXIT_OK
 
 
 def _print_stats(result: TurnResult) -> None:

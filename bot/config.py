@@ -180,15 +180,29 @@ class AgentsSpec:
 
 @dataclass(frozen=True)
 class TelegramChannel:
+    # None: read TELEGRAM_BOT_TOKEN from the environment.
     token: str | None = _secret()
     enabled: bool = True
+    # A self-hosted Bot API server can stand in for Telegram's own.
+    api_base_url: str = "https://api.telegram.org/bot"
+    file_base_url: str = "https://api.telegram.org/file/bot"
+    poll_timeout: int = 30
+    # Seconds between updates of a streaming reply. Edits in groups faster than about 1 s get
+    # flood-limited for tens of seconds; drafts in DMs are lighter.
+    edit_interval: float = 1.5
+    draft_interval: float = 0.4
 
 
 @dataclass(frozen=True)
 class DiscordChannel:
+    # None: read DISCORD_BOT_TOKEN from the environment.
     token: str | None = _secret()
     enabled: bool = True
+    # Privileged: without it the bot reads only DMs, mentions and replies to it, which is all
+    # it answers anyway.
     message_content_intent: bool = False
+    # Creating and editing share a bucket of about 5 per 5 s per channel.
+    edit_interval: float = 1.2
 
 
 @dataclass(frozen=True)

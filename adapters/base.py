@@ -1,0 +1,21 @@
+"""What every platform adapter offers the service."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+
+class Adapter(Protocol):
+    platform: str
+    # Set once the adapter is connected and receiving; tests and the CLI wait for it.
+    ready: asyncio.Event
+
+    async def serve(self) -> None:
+        """Connect, answer messages until cancelled, then disconnect.
+
+        Raises AdapterStartError (one sentence a person can act on) when it cannot start, for
+        example with a rejected token. Unanswered messages stay in the inbox and are answered
+        at the next start.
+        """
+        ...
