@@ -101,9 +101,13 @@ class Gateway:
             return TurnResult(Outcome.DUPLICATE)
         return await self.answer(inbox_id, event, deliver)
 
+    async def pending(self, platform: str) -> list[tuple[int, InboundEvent]]:
+        """Events stored but never answered before the last stop, oldest first."""
+        return await inbox.unanswered(self.store, platform)
+
     async def resume(self, platform: str, deliver: Deliver) -> int:
-        """Answer what was stored but never answered before the last stop."""
-        pending = await inbox.unanswered(self.store, platform)
+        """Answer, one after another, what was stored but never answered before the last stop."""
+        pending = await self.pending(platform)
         for inbox_id, event in pending:
             log.info("resuming unanswered %s message %s", platform, event.message_id)
             await self.answer(inbox_id, event, deliver)

@@ -45,6 +45,8 @@ def setup_logging(level: str, secrets: Iterable[str], log_dir: Path | None,
         stream_handler = logging.StreamHandler(sys.stderr)
         stream_handler.setFormatter(formatter)
         root.addHandler(stream_handler)
-    # Request-by-request lines from HTTP clients are noise at info level.
+    # Request-by-request lines from HTTP clients are noise unless debugging; when they are on,
+    # the redaction above keeps the bot tokens in their URLs out of the file.
+    quiet = logging.DEBUG if level.lower() == "debug" else logging.WARNING
     for noisy in ("httpx", "httpcore", "aiosqlite", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(quiet)
