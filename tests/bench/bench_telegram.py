@@ -19,7 +19,7 @@ from adapters.telegram import TelegramAdapter
 from bot.service import open_service
 from tests.conftest import make_config
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
-from tests.fakes.telegram import FakeTelegram
+from tests.fakes.telegram import Call, FakeTelegram
 
 CHAT = 4242
 
@@ -46,20 +46,25 @@ async def measure(runs: int) -> tuple[list[float], list[float]]:
                 seen = len(tg.calls)
                 pushed = time.monotonic()
                 tg.push_text(chat_id=CHAT, from_id=CHAT, text="/new" if run == 0 else "hello")
-                while not (visible := [c for c in tg.calls[seen:] if c.status == 200 and
-                                       c.method in ("sendMessageDraft", "sendMessage")
-                                       and c.params.get("text")]):
-                    await asyncio.sleep(0.001)
-                # Let the turn finish so runs do not overlap.
-                while not [c for c in tg.calls[seen:] if c.method == "sendMessage"]:
-                    await asyncio.sleep(0.001)
+                visible = await _first_call(tg, seen, ("sendMessageDraft", "sendMessage"))
+                await _first_call(tg, seen, ("sendMessage",))  # runs must not overlap
                 if run >= 3:  # the first turns pay for connection set-up
-                    latencies.append(visible[0].at - pushed)
+                    latencies.append(visible.at - pushed)
                     to_model.append(llm.requests_to("/api/chat")[-1].at - pushed)
                 await asyncio.sleep(0.05)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         return latencies, to_model
+
+
+async def _first_call(tg: FakeTelegram, seen: int, methods: tuple[str, ...]) -> Call:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for call in tg.calls[seen:]:
+            if call.status == 200 and call.method in methods and call.params.get("text"):
+                return call
+        await asyncio.sleep(0.001)
+    raise TimeoutError(f"no {methods} call within 10 s")
 
 
 def main() -> None:
