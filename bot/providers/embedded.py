@@ -45,6 +45,9 @@ class Engine(Protocol):
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
                  max_tokens: int, emit: Emit, cancelled: threading.Event) -> Generated: ...
 
+    def close(self) -> None:
+        """Release the weights; called on the thread that ran the model."""
+
 
 class LlamaCppEngine:
     def __init__(self, path: Path, context_window: int, threads: int) -> None:
@@ -52,6 +55,9 @@ class LlamaCppEngine:
 
         self.llm = Llama(model_path=str(path), n_ctx=context_window, n_threads=threads,
                          n_threads_batch=threads, verbose=False)
+
+    def close(self) -> None:
+        self.llm.close()
 
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
                  max_tokens: int, emit: Emit, cancelled: threading.Event) -> Generated:
@@ -87,10 +93,24 @@ class MlxEngine:
         except ImportError as exc:
             raise ModelNotFound("this model needs mlx-lm; install hearthbot with the `mlx` "
                                 "extra (`pip install -e '.[mlx]'`)") from exc
-        self.model, self.tokenizer = load(reference)
+        # Held as Any: mlx-lm's methods are mostly unannotated. load() is annotated to return
+        # the config as well, which it does only when asked (return_config=True).
+        self.model: Any
+        self.tokenizer: Any
+        self.model, self.tokenizer = load(reference)[:2]
+
+    def close(self) -> None:
+        import mlx.core as mx
+
+        # MLX keeps per-thread stream state; a worker thread that exits with it still set
+        # aborts the process on exit ("terminate called without an active exception").
+        self.model = self.tokenizer = None
+        mx.clear_streams()
 
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
                  max_tokens: int, emit: Emit, cancelled: threading.Event) -> Generated:
+        from contextlib import closing
+
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
@@ -100,17 +120,22 @@ class MlxEngine:
         )
         last: Any = None
         finish_reason = "stop"
-        for last in stream_generate(
+        # Closed explicitly when stopping early: the generator keeps the next token in flight and,
+        # on Apple GPUs, waits for it and restores the wired-memory limit on exit. That must happen
+        # here, on the model's thread and before the turn ends, not whenever (and on whichever
+        # thread) the abandoned generator is garbage-collected.
+        with closing(stream_generate(
             self.model, self.tokenizer, prompt, max_tokens=max_tokens,
             sampler=make_sampler(temp=params.temperature, top_p=params.top_p),
             logits_processors=make_logits_processors(repetition_penalty=params.repeat_penalty),
-        ):
-            if cancelled.is_set():
-                finish_reason = "cancelled"
-                break
-            if last.text:
-                emit(last.text)
-            finish_reason = last.finish_reason or finish_reason
+        )) as responses:
+            for last in responses:
+                if cancelled.is_set():
+                    finish_reason = "cancelled"
+                    break
+                if last.text:
+                    emit(last.text)
+                finish_reason = last.finish_reason or finish_reason
         if last is None:
             return Generated(finish_reason, None, 0)
         return Generated(finish_reason, last.prompt_tokens, last.generation_tokens)
@@ -153,7 +178,8 @@ class EmbeddedProvider:
         async with self._load_lock:
             if self._resident is not None and self._resident[0] == model.id:
                 return self._resident[1]
-            self._resident = None  # drop the old weights before the new ones need the memory
+            # Drop the old weights before the new ones need the memory.
+            await self._release()
             loop = asyncio.get_running_loop()
             try:
                 engine = await loop.run_in_executor(self._executor, open_engine, model,
@@ -171,7 +197,13 @@ class EmbeddedProvider:
     async def unload(self, model: ModelSpec) -> None:
         async with self._load_lock:
             if self._resident is not None and self._resident[0] == model.id:
-                self._resident = None
+                await self._release()
+
+    async def _release(self) -> None:
+        if self._resident is None:
+            return
+        engine, self._resident = self._resident[1], None
+        await asyncio.get_running_loop().run_in_executor(self._executor, engine.close)
 
     async def stream(
         self,
@@ -219,5 +251,6 @@ class EmbeddedProvider:
                 await asyncio.wait([job])
 
     async def close(self) -> None:
-        self._resident = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        async with self._turn_lock, self._load_lock:
+            await self._release()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,1 @@
+"""Helpers the tests use to prepare local assets, such as model folders built offline."""
