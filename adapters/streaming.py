@@ -125,6 +125,9 @@ class EditableChat(Protocol[Handle]):
     """A chat where a sent message can be edited in place."""
 
     limit: int
+    # Whether a message's final form differs from its progress form for the same text (it is
+    # rendered with formatting): then every message gets a final edit, changed or not.
+    reformats_final: bool
 
     async def send(self, text: str, final: bool) -> Handle: ...
 
@@ -179,6 +182,8 @@ async def stream_by_editing(parts: AsyncIterator[ReplyPart], chat: EditableChat[
     for index, piece in enumerate(split_message(final_text(text, failure), chat.limit)):
         if index < len(shown):
             message = shown[index]
+            if message.text == piece and not chat.reformats_final:
+                continue  # an edit that changes nothing would still spend the rate budget
             await deliver_surely(pacer, partial(chat.edit, message.handle, piece, True))
             message.text, message.final = piece, True
         else:

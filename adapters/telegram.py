@@ -15,9 +15,10 @@ import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 # Opt in to PTB's coming durations-as-timedelta now; the code below reads both forms.
 os.environ.setdefault("PTB_TIMEDELTA", "1")
@@ -35,11 +36,20 @@ from adapters.errors import (
     RateLimited,
 )
 from adapters.lanes import ChatLanes
-from adapters.streaming import Pacer, stream_by_editing, stream_by_preview
+from adapters.streaming import (
+    Pacer,
+    deliver_surely,
+    stream_by_editing,
+    stream_by_preview,
+    typing_while,
+)
 from adapters.telegram_format import to_telegram_html
 from bot.config import TelegramChannel
 from bot.events import ChatKind, InboundEvent, ReplyPart, VoiceAttachment
 from bot.gateway import COMMANDS, Gateway
+
+if TYPE_CHECKING:
+    from bot.voice import SpokenClip
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +119,7 @@ def _voice(message: Message, fetch_file: FetchFile) -> VoiceAttachment | None:
     duration = media.duration
     seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
     return VoiceAttachment(mime_type=media.mime_type or "audio/ogg", duration=seconds,
-                           fetch=partial(fetch_file, media.file_id))
+                           ref=media.file_id, fetch=partial(fetch_file, media.file_id))
 
 
 async def _translated(call: Awaitable[T]) -> T:
@@ -137,6 +147,7 @@ class TelegramChat:
     place in groups (threaded as a reply to the message that asked)."""
 
     limit = TEXT_LIMIT
+    reformats_final = True  # the final version is sent as HTML
 
     def __init__(self, bot: Bot, chat_id: int, reply_to: int | None) -> None:
         self.bot = bot
@@ -239,8 +250,7 @@ class TelegramAdapter:
         with contextlib.suppress(TelegramError):
             await bot.set_my_commands([BotCommand(c.name, c.help[:256]) for c in COMMANDS])
         for inbox_id, event in await self.gateway.pending(PLATFORM):
-            self._lanes.submit(event.chat_id,
-                               partial(self.gateway.answer, inbox_id, event, self.deliver))
+            self._answer_later(inbox_id, self._revive(event))
 
     async def _poll(self, bot: Bot, poll_timeout: int) -> int | None:
         offset: int | None = None
@@ -278,8 +288,20 @@ class TelegramAdapter:
             return
         inbox_id = await self.gateway.accept(event)
         if inbox_id is not None:
-            self._lanes.submit(event.chat_id,
-                               partial(self.gateway.answer, inbox_id, event, self.deliver))
+            self._answer_later(inbox_id, event)
+
+    def _answer_later(self, inbox_id: int, event: InboundEvent) -> None:
+        # The chat's lane keeps turns in order: a second voice note is heard only after the
+        # reply to the first, spoken part included, has been delivered.
+        self._lanes.submit(event.chat_id, partial(self.gateway.answer, inbox_id, event,
+                                                  self.deliver, self.deliver_voice))
+
+    def _revive(self, event: InboundEvent) -> InboundEvent:
+        """A stored event's voice note, fetchable again by its file id."""
+        if event.voice is None:
+            return event
+        return replace(event, voice=replace(event.voice,
+                                            fetch=partial(self._fetch_file, event.voice.ref)))
 
     async def _fetch_file(self, file_id: str) -> bytes:
         assert self._bot is not None
@@ -293,6 +315,28 @@ class TelegramAdapter:
                         else self.channel.edit_interval)
             pacer = self._pacers[event.chat_id] = Pacer(interval)
         return pacer
+
+    async def deliver_voice(self, event: InboundEvent,
+                            clip: Awaitable[SpokenClip | None]) -> None:
+        assert self._bot is not None
+        bot, chat_id = self._bot, int(event.chat_id)
+        async def recording() -> None:
+            await _translated(bot.send_chat_action(chat_id, ChatAction.RECORD_VOICE))
+
+        async with typing_while(recording):
+            spoken = await clip
+        if spoken is None:
+            return
+        reply_to = None if event.chat_kind is ChatKind.DM else int(event.message_id)
+
+        async def send() -> None:
+            await _translated(bot.send_chat_action(chat_id, ChatAction.UPLOAD_VOICE))
+            await _translated(bot.send_voice(
+                chat_id, voice=spoken.ogg_opus, duration=round(spoken.duration),
+                filename="reply.ogg", reply_to_message_id=reply_to,
+                allow_sending_without_reply=True))
+
+        await deliver_surely(self._pacer(event), send)
 
     async def deliver(self, event: InboundEvent, reply: AsyncIterator[ReplyPart]) -> None:
         assert self._bot is not None

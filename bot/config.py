@@ -120,6 +120,8 @@ class AgentInstance:
     workspace: str | None = None
     tools: ToolPolicy = field(default_factory=ToolPolicy)
     params: GenerationParams = field(default_factory=GenerationParams)
+    # "inbound": answer a voice note with a voice note as well as text; "always": every reply.
+    voice_replies: Literal["off", "inbound", "always"] = "inbound"
 
 
 def _default_instances() -> dict[str, AgentInstance]:
@@ -212,6 +214,36 @@ class ChannelsSpec:
 
 
 @dataclass(frozen=True)
+class SpeechToTextSpec:
+    enabled: bool = True
+    # "tiny.en" or "base" (bundled weights), or the path of a CTranslate2 Whisper folder.
+    model: str = "tiny.en"
+    compute_type: str = "int8"
+    threads: int | None = None
+    # None: detected per note (multilingual models only).
+    language: str | None = None
+    vad_filter: bool = False
+
+
+@dataclass(frozen=True)
+class TextToSpeechSpec:
+    enabled: bool = True
+    # A piper .onnx voice (its .onnx.json beside it); None: the bundled voice.
+    voice: str | None = None
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    stt: SpeechToTextSpec = field(default_factory=SpeechToTextSpec)
+    tts: TextToSpeechSpec = field(default_factory=TextToSpeechSpec)
+    # In groups a voice note counts as addressed to the bot when its transcript says one of
+    # these (or the bot's own user name).
+    wake_words: tuple[str, ...] = ("hearthbot",)
+    # Synthesis jobs waiting at once, process-wide; beyond it new sentences wait their turn.
+    queue_size: int = 16
+
+
+@dataclass(frozen=True)
 class StoreSpec:
     # A SQLAlchemy async URL; None means a SQLite file in the data directory.
     url: str | None = None
@@ -222,6 +254,7 @@ class Config:
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     agents: AgentsSpec = field(default_factory=AgentsSpec)
     channels: ChannelsSpec = field(default_factory=ChannelsSpec)
+    voice: VoiceSpec = field(default_factory=VoiceSpec)
     store: StoreSpec = field(default_factory=StoreSpec)
     data_dir: str | None = None
 
@@ -255,9 +288,14 @@ class Config:
         return default_data_dir()
 
     def secrets(self) -> list[str]:
-        """Every secret value in the config, so logs can redact them."""
+        """Every secret the service will use, so logs can redact them: those in the config and
+        the platform tokens read from the environment."""
         found: list[str] = []
         _collect_secrets(self, found)
+        for channel, variable in ((self.channels.telegram, "TELEGRAM_BOT_TOKEN"),
+                                  (self.channels.discord, "DISCORD_BOT_TOKEN")):
+            if channel is not None and not channel.token and os.environ.get(variable):
+                found.append(os.environ[variable])
         return found
 
 
@@ -285,6 +323,8 @@ def load_config(path: Path | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"{path} is not a UTF-8 text file") from exc
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -25,8 +25,13 @@ def _matches(binding: Binding, event: InboundEvent) -> bool:
     if binding.platform != event.platform:
         return False
     pairs = ((binding.account, event.account), (binding.chat_kind, event.chat_kind.value),
-             (binding.peer_id, event.sender_id), (binding.group_id, event.group_id))
-    return all(want is None or want == have for want, have in pairs)
+             (binding.peer_id, event.sender_id))
+    if not all(want is None or want == have for want, have in pairs):
+        return False
+    # A group binding names a whole group (a Telegram group, a Discord server) or one of its
+    # channels.
+    return binding.group_id is None or (
+        event.group_id is not None and binding.group_id in (event.group_id, event.chat_id))
 
 
 def specificity(binding: Binding) -> int:

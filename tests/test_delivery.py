@@ -58,6 +58,7 @@ async def parts(*texts: str, fail: str | None = None, gap: float = 0.0) -> Async
 
 class FakeEditable:
     limit = 50
+    reformats_final = False
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object, str, bool, float]] = []
@@ -90,6 +91,7 @@ class FakeEditable:
 
 async def test_editing_stream_ends_with_the_whole_reply_and_respects_the_floor() -> None:
     chat = FakeEditable()
+    chat.reformats_final = True
     words = [f"w{n} " for n in range(30)]
     await stream_by_editing(parts(*words, gap=0.01), chat, Pacer(0.05))
     shown = " ".join(chat.messages[h] for h in sorted(chat.messages))
@@ -97,6 +99,18 @@ async def test_editing_stream_ends_with_the_whole_reply_and_respects_the_floor()
     stamps = [c[4] for c in chat.calls if c[0] in ("send", "edit")]
     assert all(b - a >= 0.045 for a, b in itertools.pairwise(stamps))
     assert all(c[3] for c in chat.calls[-len(chat.messages):])  # the last calls are final
+
+
+async def test_unchanged_pieces_get_no_final_edit_without_reformatting() -> None:
+    chat = FakeEditable()
+    await stream_by_editing(parts("all ", "at ", "once"), chat, Pacer(0.0))
+    assert [(c[0], c[2]) for c in chat.calls if c[0] != "typing"] == [
+        ("send", "all "), ("edit", "all at "), ("edit", "all at once")]
+    chat.reformats_final = True
+    chat.calls.clear()
+    await stream_by_editing(parts("all ", "at ", "once"), chat, Pacer(0.0))
+    assert [(c[0], c[2], c[3]) for c in chat.calls if c[0] != "typing"][-1] == (
+        "edit", "all at once", True)
 
 
 async def test_rate_limit_mid_stream_waits_and_still_completes() -> None:

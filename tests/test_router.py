@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bot.config import BindingSpec
 from bot.events import ChatKind, InboundEvent
 from bot.router import resolve
@@ -96,3 +98,30 @@ async def test_bindings_in_the_store_seed_idempotently(store: Store) -> None:
     assert [(b.id, b.persona) for b in discord_rows] == [(rows[1].id, "guest")]
     resolved = resolve(event(), await list_bindings(store, "telegram"), ROLES)
     assert resolved.persona == "admin"
+
+
+def test_a_group_binding_can_name_a_channel_of_a_server() -> None:
+    in_channel = InboundEvent(platform="discord", chat_id="555", chat_kind=ChatKind.GROUP,
+                              sender_id="2002", sender_name="x", message_id="1", text="hi",
+                              group_id="777")
+    channel_row = Binding(id=1, platform="discord", persona="friends", group_id="555")
+    server_row = Binding(id=2, platform="discord", persona="guest", group_id="777")
+    assert resolve(in_channel, [channel_row], ROLES).persona == "friends"
+    assert resolve(in_channel, [server_row], ROLES).binding == server_row
+    other_channel = InboundEvent(platform="discord", chat_id="556", chat_kind=ChatKind.GROUP,
+                                 sender_id="2002", sender_name="x", message_id="2", text="hi",
+                                 group_id="777")
+    assert resolve(other_channel, [channel_row], ROLES).binding is None
+    a_dm = event(sender="2002", platform="discord")
+    dm_with_same_id = InboundEvent(platform="discord", chat_id="555", chat_kind=ChatKind.DM,
+                                   sender_id="2002", sender_name="x", message_id="3", text="hi")
+    assert resolve(dm_with_same_id, [channel_row], ROLES).binding is None
+    assert resolve(a_dm, [channel_row], ROLES).binding is None
+
+
+def test_environment_tokens_are_redacted_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bot.config import parse_config
+
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "555:from-the-environment")
+    config = parse_config({"channels": {"telegram": {}}})
+    assert "555:from-the-environment" in config.secrets()
