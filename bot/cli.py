@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="inspect the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate and print the effective config")
-    check.add_argument("file", nargs="?", type=Path, help="the file to check")
+    check.add_argument("config_file", nargs="?", type=Path, metavar="FILE",
+                       help="the file to check")
 
     bind = commands.add_parser("bind", help="give a persona to matching chats")
     bind.add_argument("--platform", required=True, help="telegram, discord, console, ...")
@@ -71,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     unbind.add_argument("id", type=int)
 
     commands.add_parser("pair", help="print a one-hour code that makes a DM the owner's")
+
+    transcribe = commands.add_parser("transcribe",
+                                     help="print what a voice note or audio file says")
+    transcribe.add_argument("file", type=Path)
+
+    say = commands.add_parser("say", help="speak text into an OGG/Opus voice note")
+    say.add_argument("text")
+    say.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
 
     bindings = commands.add_parser("bindings", help="list the binding table")
     bindings.add_argument("--platform")
@@ -88,9 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(masked_dict(config), indent=2))
         print("config is valid", file=sys.stderr)
         return EXIT_OK
-    interactive = args.command == "chat" or (args.command == "run" and not config.channels_enabled)
+    # Only the long-running service logs to the terminal (or the journal); commands a person
+    # types keep their output clean and log to the file.
+    serving = args.command == "run" and bool(config.channels_enabled)
     setup_logging(config.gateway.log_level, config.secrets(), config.data_path() / "logs",
-                  to_stderr=not interactive)
+                  to_stderr=serving)
     try:
         return asyncio.run(_dispatch(args, config))
     except KeyboardInterrupt:
@@ -101,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    path = getattr(args, "file", None) or args.config or default_config_path()
+    path = getattr(args, "config_file", None) or args.config or default_config_path()
     config = load_config(path)
     if args.data_dir is not None:
         config = _with_data_dir(config, args.data_dir)
@@ -125,6 +136,10 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return await _unbind(config, args.id)
     if args.command == "pair":
         return await _pair(config)
+    if args.command == "transcribe":
+        return await _transcribe(config, args.file)
+    if args.command == "say":
+        return await _say(config, args.text, args.output)
     return await _list_bindings(config, args.platform)
 
 
@@ -132,7 +147,7 @@ async def _chat(config: Config, who: str, once: str | None, stats: bool = False)
     from adapters.console import ConsoleChat
     from bot.service import open_service
 
-    async with open_service(config) as service:
+    async with open_service(config, voice=False) as service:
         if once is not None:
             # One-shot questions stand alone: each starts from an empty conversation.
             console = ConsoleChat(service.gateway, sender=who, chat_id=f"{who}-once")
@@ -247,6 +262,57 @@ async def _pair(config: Config) -> int:
     minutes = int(CODE_LIFETIME.total_seconds() // 60)
     print(f"Pairing code: {display(code)} (valid for {minutes} minutes)")
     print(f"Send  /pair {code}  to the bot in a direct message to make that chat yours.")
+    return EXIT_OK
+
+
+async def _transcribe(config: Config, file: Path) -> int:
+    from bot.speech import Speech
+    from bot.voice import VoiceError
+
+    try:
+        data = await asyncio.to_thread(file.read_bytes)
+    except OSError as exc:
+        print(f"hearthbot: cannot read {file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    speech = Speech(config.voice)
+    try:
+        transcript = await speech.transcribe(data)
+    except VoiceError as exc:
+        log.warning("transcribing %s failed: %s", file, exc)
+        print(f"hearthbot: {exc.user_message}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await speech.close()
+    if transcript is None:
+        print("hearthbot: speech to text is switched off (voice.stt.enabled)", file=sys.stderr)
+        return EXIT_USAGE
+    print(transcript.text.strip())
+    return EXIT_OK
+
+
+async def _say(config: Config, text: str, output: Path) -> int:
+    from bot.speech import Speech
+    from bot.voice import VoiceError
+
+    speech = Speech(config.voice)
+    speaker = speech.speaker()
+    if speaker is None:
+        print("hearthbot: text to speech is switched off (voice.tts.enabled)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        await speaker.feed(text)
+        clip = await speaker.finish()
+    except VoiceError as exc:
+        log.warning("speaking failed: %s", exc)
+        print(f"hearthbot: {exc.user_message}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await speech.close()
+    if clip is None:
+        print("hearthbot: there is nothing to say in that text", file=sys.stderr)
+        return EXIT_USAGE
+    await asyncio.to_thread(output.write_bytes, clip.ogg_opus)
+    print(f"wrote {output} ({clip.duration:.1f} s, OGG/Opus 48 kHz mono)", file=sys.stderr)
     return EXIT_OK
 
 

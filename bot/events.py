@@ -13,13 +13,23 @@ class ChatKind(StrEnum):
     GROUP = "group"
 
 
+async def _not_fetchable() -> bytes:
+    raise LookupError("this voice note's bytes were not kept; the adapter must fetch it again")
+
+
 @dataclass(frozen=True)
 class VoiceAttachment:
-    """A voice note or audio file; the bytes are fetched only when needed."""
+    """A voice note or audio file; the bytes are fetched only when needed.
+
+    `ref` is the platform's own handle for the file (a file id, a URL), kept with the stored
+    event so that the adapter can fetch it again after a restart.
+    """
 
     mime_type: str
     duration: float
-    fetch: Callable[[], Awaitable[bytes]] = field(repr=False, compare=False)
+    ref: str
+    fetch: Callable[[], Awaitable[bytes]] = field(default=_not_fetchable, repr=False,
+                                                  compare=False)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from bot import context
 from bot.events import InboundEvent, ReplyFailed, ReplyPart, ReplyText
@@ -26,12 +27,21 @@ from bot.store.bindings import list_bindings
 from bot.store.history import TurnRecord, open_conversation, save_turn, start_new_session
 from persona import Persona
 
+if TYPE_CHECKING:  # speech pulls in audio libraries; a text-only process never loads them
+    from bot.speech import Speaker, Speech
+    from bot.voice import SpokenClip
+
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[InboundEvent, AsyncIterator[ReplyPart]], Awaitable[None]]
+# Sends a voice note; it is handed the clip still being made, so the adapter can show that it is
+# recording while the last sentences are synthesized. The clip is None when nothing was speakable.
+DeliverVoice = Callable[[InboundEvent, Awaitable["SpokenClip | None"]], Awaitable[None]]
 
 EMPTY_REPLY = "The model had nothing to say to that. Please try rephrasing."
 UNSUPPORTED = "I can read text and voice messages, but not that kind of message yet."
+NOT_HEARD = "I couldn't make out that voice note."
+VOICE_OFF = "I can't listen to voice notes here; please send text."
 DELIVERY_FAILED = "delivery failed"
 
 
@@ -78,10 +88,12 @@ COMMANDS = (
 
 
 class Gateway:
-    def __init__(self, store: Store, models: ModelHost, personas: Mapping[str, Persona]) -> None:
+    def __init__(self, store: Store, models: ModelHost, personas: Mapping[str, Persona],
+                 speech: Speech | None = None) -> None:
         self.store = store
         self.models = models
         self.personas = personas
+        self.speech = speech
         self._roles = {name: p.role for name, p in personas.items()}
         self._admin_persona = next((n for n, p in personas.items() if p.role == "admin"),
                                    "admin")
@@ -94,30 +106,33 @@ class Gateway:
                      event.platform, event.message_id, event.chat_id)
         return inbox_id
 
-    async def handle(self, event: InboundEvent, deliver: Deliver) -> TurnResult:
+    async def handle(self, event: InboundEvent, deliver: Deliver,
+                     deliver_voice: DeliverVoice | None = None) -> TurnResult:
         """Answer one inbound event exactly once."""
         inbox_id = await self.accept(event)
         if inbox_id is None:
             return TurnResult(Outcome.DUPLICATE)
-        return await self.answer(inbox_id, event, deliver)
+        return await self.answer(inbox_id, event, deliver, deliver_voice)
 
     async def pending(self, platform: str) -> list[tuple[int, InboundEvent]]:
-        """Events stored but never answered before the last stop, oldest first."""
-        return await inbox.unanswered(self.store, platform)
+        """Events stored but never answered, oldest first.
 
-    async def resume(self, platform: str, deliver: Deliver) -> int:
-        """Answer, one after another, what was stored but never answered before the last stop."""
-        pending = await self.pending(platform)
-        for inbox_id, event in pending:
-            log.info("resuming unanswered %s message %s", platform, event.message_id)
-            await self.answer(inbox_id, event, deliver)
-        return len(pending)
+        Adapters ask before they start receiving: then this is exactly what the last run left
+        behind, and nothing of this run can be answered twice.
+        """
+        return await inbox.unanswered(self.store, platform)
 
     async def persona_for(self, event: InboundEvent) -> Resolution:
         bindings = await list_bindings(self.store, event.platform)
         return resolve(event, bindings, self._roles)
 
-    async def answer(self, inbox_id: int, event: InboundEvent, deliver: Deliver) -> TurnResult:
+    async def answer(self, inbox_id: int, event: InboundEvent, deliver: Deliver,
+                     deliver_voice: DeliverVoice | None = None) -> TurnResult:
+        if event.voice is not None and not event.transcribed:
+            heard = await self._hear(inbox_id, event, deliver)
+            if heard is None:
+                return TurnResult(Outcome.FAILED)
+            event = heard
         if not event.addressed:
             await inbox.mark(self.store, inbox_id, inbox.IGNORED)
             return TurnResult(Outcome.IGNORED)
@@ -132,7 +147,42 @@ class Gateway:
             await deliver(event, _single(reply))
             await inbox.mark(self.store, inbox_id, inbox.ANSWERED)
             return TurnResult(Outcome.ANSWERED)
-        return await self._model_turn(inbox_id, event, persona, deliver)
+        return await self._model_turn(inbox_id, event, persona, deliver, deliver_voice)
+
+    async def _hear(self, inbox_id: int, event: InboundEvent,
+                    deliver: Deliver) -> InboundEvent | None:
+        """The event with its voice note transcribed, or None once the failure was answered."""
+        from bot.voice import VoiceError
+
+        assert event.voice is not None
+        problem, transcript = NOT_HEARD, None
+        try:
+            audio = await event.voice.fetch()
+            transcript = await self.speech.transcribe(audio) if self.speech else None
+            if transcript is None:
+                problem = VOICE_OFF
+        except VoiceError as exc:
+            log.warning("voice note %s in %s chat %s: %s", event.message_id, event.platform,
+                        event.chat_id, exc)
+            problem = exc.user_message
+        except Exception:
+            log.exception("could not fetch voice note %s from %s", event.message_id,
+                          event.platform)
+        if transcript is not None and transcript.text.strip():
+            log.info("transcribed %.1f s of speech in %.2f s", transcript.duration,
+                     transcript.seconds_taken)
+            log.debug("voice note %s says: %s", event.message_id, transcript.text)
+            text = "\n".join(part for part in (event.text, transcript.text.strip()) if part)
+            named = self.speech is not None and self.speech.names_the_bot(
+                transcript.text, [event.account or ""])
+            return replace(event, text=text, transcribed=True,
+                           mentioned=event.mentioned or named)
+        if event.addressed:
+            await deliver(event, _single(problem))
+            await inbox.mark(self.store, inbox_id, inbox.FAILED, error=problem)
+        else:
+            await inbox.mark(self.store, inbox_id, inbox.IGNORED)
+        return None
 
     async def _run_command(self, command: str, argument: str, event: InboundEvent,
                            persona: Persona) -> str:
@@ -151,7 +201,7 @@ class Gateway:
         return f"I don't know that command. I understand: {known}."
 
     async def _model_turn(self, inbox_id: int, event: InboundEvent, persona: Persona,
-                          deliver: Deliver) -> TurnResult:
+                          deliver: Deliver, deliver_voice: DeliverVoice | None) -> TurnResult:
         target = self.models.target(persona.model)
         conversation = await open_conversation(self.store, event.platform, event.chat_id,
                                                persona.name)
@@ -165,6 +215,8 @@ class Gateway:
         end: StreamEnd | None = None
         failure: str | None = None
         started = time.perf_counter()
+        speaker = (self.speech.speaker() if self.speech and deliver_voice
+                   and _speaks(persona, event) else None)
 
         async def reply() -> AsyncGenerator[ReplyPart, None]:
             nonlocal first_token_at, first_token_seconds, end, failure
@@ -176,6 +228,8 @@ class Gateway:
                             first_token_at = _now()
                             first_token_seconds = time.perf_counter() - started
                         pieces.append(delta.text)
+                        if speaker is not None:
+                            await speaker.feed(delta.text)
                         yield ReplyText(delta.text)
                     elif isinstance(delta, StreamEnd):
                         end = delta
@@ -197,6 +251,8 @@ class Gateway:
             log.exception("delivering the reply to %s chat %s failed", event.platform,
                           event.chat_id)
             failure = failure or f"{DELIVERY_FAILED}: {exc!r}"
+        if speaker is not None and deliver_voice is not None:
+            await self._speak(event, speaker, deliver_voice, failed=failure is not None)
         status = inbox.FAILED if failure else inbox.ANSWERED
         await save_turn(self.store, TurnRecord(
             inbox_id=inbox_id, session_id=conversation.session_id, persona=persona.name,
@@ -216,6 +272,23 @@ class Gateway:
                  f"{first_token_seconds:.2f}" if first_token_seconds is not None else "-",
                  result.total_seconds or 0.0, result.completion_tokens)
         return result
+
+    async def _speak(self, event: InboundEvent, speaker: Speaker, deliver_voice: DeliverVoice,
+                     failed: bool) -> None:
+        if failed:
+            speaker.abandon()
+            return
+        try:
+            await deliver_voice(event, speaker.finish())
+        except Exception:
+            # The text reply has arrived; a missing voice note is logged, not retried.
+            log.exception("the spoken reply to %s chat %s failed", event.platform, event.chat_id)
+
+
+def _speaks(persona: Persona, event: InboundEvent) -> bool:
+    if persona.voice_replies == "always":
+        return True
+    return persona.voice_replies == "inbound" and event.transcribed
 
 
 _COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")

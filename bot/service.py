@@ -38,11 +38,20 @@ async def open_store(config: Config) -> AsyncIterator[Store]:
 
 
 @asynccontextmanager
-async def open_service(config: Config) -> AsyncIterator[Service]:
+async def open_service(config: Config, *, voice: bool = True) -> AsyncIterator[Service]:
+    """Everything a turn needs. `voice=False` (the terminal chat) skips loading speech models."""
     async with open_store(config) as store:
         models = ModelHost(config)
+        speech = None
+        if voice:
+            from bot.speech import Speech
+
+            speech = Speech(config.voice)
+            speech.preload()
         try:
             yield Service(config, store, models,
-                          Gateway(store, models, build_personas(config)))
+                          Gateway(store, models, build_personas(config), speech))
         finally:
+            if speech is not None:
+                await speech.close()
             await models.close()

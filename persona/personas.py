@@ -31,6 +31,7 @@ class Persona:
     params: GenerationParams
     tools: ToolPolicy
     workspace: Path
+    voice_replies: Literal["off", "inbound", "always"] = "inbound"
 
 
 def build_personas(config: Config) -> dict[str, Persona]:
@@ -47,5 +48,6 @@ def build_personas(config: Config) -> dict[str, Persona]:
             params=instance.params,
             tools=instance.tools,
             workspace=workspace,
+            voice_replies=instance.voice_replies,
         )
     return personas

@@ -88,7 +88,7 @@ async def store(data_dir: Path) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def ollama_service(data_dir: Path, fake_ollama: FakeOllama) -> AsyncIterator[Service]:
-    async with open_service(ollama_config(data_dir, fake_ollama)) as service:
+    async with open_service(ollama_config(data_dir, fake_ollama), voice=False) as service:
         yield service
 
 

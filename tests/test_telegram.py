@@ -66,9 +66,9 @@ async def fake_tg() -> AsyncIterator[FakeTelegram]:
         yield fake
 
 
-async def start(config: Config, fake_tg: FakeTelegram,
-                fake_ollama: FakeOllama) -> AsyncIterator[Running]:
-    async with open_service(config) as service:
+async def start(config: Config, fake_tg: FakeTelegram, fake_ollama: FakeOllama,
+                voice: bool = False) -> AsyncIterator[Running]:
+    async with open_service(config, voice=voice) as service:
         await add_binding(service.store, BindingSpec(
             persona="admin", platform="telegram", chat_kind="dm", peer=str(OWNER)))
         assert config.channels.telegram is not None
@@ -283,7 +283,7 @@ async def test_network_error_on_the_final_message_is_retried(running: Running) -
 async def test_bad_token_is_one_clear_sentence(data_dir: Path, fake_tg: FakeTelegram,
                                                fake_ollama: FakeOllama) -> None:
     config = telegram_config(data_dir, fake_tg, fake_ollama, token="999:wrong")
-    async with open_service(config) as service:
+    async with open_service(config, voice=False) as service:
         assert config.channels.telegram is not None
         adapter = TelegramAdapter(config.channels.telegram, service.gateway)
         with pytest.raises(AdapterStartError, match="Telegram rejected the bot token"):

@@ -728,3 +728,17 @@ async def test_conversation_turns_never_overlap() -> None:
         await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
     assert events.index("out a") < events.index("in b")
     assert events.index("in c") < events.index("out a")
+
+
+async def test_a_misheard_bot_name_still_counts_but_other_words_do_not() -> None:
+    from bot.config import VoiceSpec
+    from bot.speech import Speech
+
+    speech = Speech(VoiceSpec())
+    for transcript in ("Heartbot, what time is it?", "Hearth bot, hello", "HEARTHBOT!",
+                       "hearth, but what time is it in Paris?"):
+        assert speech.names_the_bot(transcript, []), transcript
+    for transcript in ("My heart is broken.", "The earth is round, but", "hurt bot",
+                       "Her birthday is tomorrow.", "the heart beat fast"):
+        assert not speech.names_the_bot(transcript, []), transcript
+    assert speech.names_the_bot("Hearth test bot, are you there?", ["hearth_test_bot"])

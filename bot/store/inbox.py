@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot.events import ChatKind, InboundEvent
+from bot.events import ChatKind, InboundEvent, VoiceAttachment
 from bot.store.db import Store
 from bot.store.tables import InboxRow, utcnow
 
@@ -53,14 +53,17 @@ async def state_of(store: Store, platform: str, chat_id: str, message_id: str) -
 
 
 def _to_json(event: InboundEvent) -> str:
-    # Voice bytes are not kept: the adapter can fetch them again by the message's id.
+    # Voice bytes are not kept: the adapter fetches them again by their platform reference.
     return json.dumps({
         "platform": event.platform, "chat_id": event.chat_id, "chat_kind": event.chat_kind.value,
         "sender_id": event.sender_id, "sender_name": event.sender_name,
         "message_id": event.message_id, "text": event.text, "account": event.account,
         "group_id": event.group_id, "mentioned": event.mentioned,
         "reply_to_bot": event.reply_to_bot, "transcribed": event.transcribed,
-        "has_voice": event.voice is not None, "received_at": event.received_at.isoformat(),
+        "voice": None if event.voice is None else {
+            "mime_type": event.voice.mime_type, "duration": event.voice.duration,
+            "ref": event.voice.ref},
+        "received_at": event.received_at.isoformat(),
     })
 
 
@@ -72,5 +75,6 @@ def _from_json(text: str) -> InboundEvent:
         sender_name=data["sender_name"], message_id=data["message_id"], text=data["text"],
         account=data["account"], group_id=data["group_id"], mentioned=data["mentioned"],
         reply_to_bot=data["reply_to_bot"], transcribed=data["transcribed"],
+        voice=VoiceAttachment(**voice) if (voice := data.get("voice")) else None,
         received_at=datetime.fromisoformat(data["received_at"]),
     )

@@ -38,7 +38,7 @@ async def measure(runs: int) -> tuple[list[float], list[float]]:
         llm.script(*[ScriptedReply(chunks=("Hi", " there", "."))] * (runs + 5))
         latencies: list[float] = []
         to_model: list[float] = []
-        async with open_service(config) as service:
+        async with open_service(config, voice=False) as service:
             adapter = TelegramAdapter(config.channels.telegram, service.gateway)
             task = asyncio.create_task(adapter.serve())
             await adapter.ready.wait()

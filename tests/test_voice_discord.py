@@ -1,0 +1,95 @@
+"""Voice end to end over Discord: a voice message in, a spoken reply out as a real Discord
+voice message (flag, waveform, duration). Real piper, faster-whisper and discord.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.service import Service, open_service
+from bot.voice import SpokenClip, Synthesizer, Transcriber, probe
+from tests.conftest import ollama_config
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+from tests.test_discord import STRANGER_ID, TOKEN, serving, until
+from tests.test_voice_telegram import ANSWER, QUESTION, heard
+
+VOICE_FLAG = 1 << 13
+
+
+@pytest.fixture(scope="module")
+def spoken_question() -> SpokenClip:
+    return asyncio.run(Synthesizer().synthesize(QUESTION))
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord(token=TOKEN) as server:
+        with server.patch_client_urls():
+            yield server
+
+
+@pytest.fixture
+async def voice_service(data_dir: Path, fake_ollama: FakeOllama) -> AsyncIterator[Service]:
+    async with open_service(ollama_config(data_dir, fake_ollama)) as service:
+        yield service
+
+
+def voice_attachment(fake: FakeDiscord, clip: SpokenClip) -> dict[str, object]:
+    return fake.add_attachment(clip.ogg_opus, "voice-message.ogg", "audio/ogg",
+                               duration_secs=clip.duration,
+                               waveform=base64.b64encode(clip.waveform).decode())
+
+
+async def test_voice_message_in_gets_a_spoken_voice_message_out(
+        fake: FakeDiscord, fake_ollama: FakeOllama, voice_service: Service,
+        spoken_question: SpokenClip) -> None:
+    fake_ollama.script(ScriptedReply(chunks=ANSWER))
+    async with serving(voice_service):
+        channel = fake.dm_channel_id(STRANGER_ID)
+        fake.dm(author_id=STRANGER_ID, author_name="stranger", content="",
+                attachments=[voice_attachment(fake, spoken_question)])
+        await until(lambda: any(m.get("flags", 0) & VOICE_FLAG
+                                for m in fake.messages_in(channel) if m["author"]["bot"]),
+                    "a voice message from the bot", within=60)
+    body = fake_ollama.requests_to("/api/chat")[-1].body
+    assert body is not None
+    asked = str(body["messages"][-1]["content"])  # type: ignore[index]
+    assert asked.startswith("[voice note, transcribed automatically")
+    assert heard(asked, "weather", "paris", "today") >= 2, asked
+    from_bot = [m for m in fake.messages_in(channel) if m["author"]["bot"]]
+    assert from_bot[0]["content"] == "".join(ANSWER).strip()
+    voice = from_bot[-1]
+    assert voice["content"] == ""
+    (attachment,) = voice["attachments"]
+    assert 3.0 < float(attachment["duration_secs"]) < 15.0
+    assert 0 < len(base64.b64decode(attachment["waveform"])) <= 256
+    (upload,) = [c for c in fake.calls if c.files and c.method == "POST"]
+    audio = next(iter(upload.files.values()))
+    info = probe(audio)
+    assert (info.codec, info.sample_rate, info.channels) == ("opus", 48_000, 1)
+    assert abs(info.duration - float(attachment["duration_secs"])) < 0.5
+    back = await Transcriber().transcribe(audio)
+    assert heard(back.text, "sunny", "warm", "sunglasses", "walk", "river") >= 3, back.text
+
+
+async def test_a_corrupt_voice_message_gets_a_plain_answer(
+        fake: FakeDiscord, fake_ollama: FakeOllama, voice_service: Service) -> None:
+    async with serving(voice_service):
+        channel = fake.dm_channel_id(STRANGER_ID)
+        broken = fake.add_attachment(b"OggS" + b"\x00" * 300, "voice-message.ogg", "audio/ogg",
+                                     duration_secs=2.0, waveform="AAAA")
+        fake.dm(author_id=STRANGER_ID, author_name="stranger", content="",
+                attachments=[broken])
+        await until(lambda: any(m["author"]["bot"] for m in fake.messages_in(channel)),
+                    "the bot's answer", within=30)
+        fake.dm(author_id=STRANGER_ID, author_name="stranger", content="and text?")
+        await until(lambda: len([m for m in fake.messages_in(channel)
+                                 if m["author"]["bot"]]) == 2, "the text answer", within=30)
+    replies = [m["content"] for m in fake.messages_in(channel) if m["author"]["bot"]]
+    assert replies == ["I couldn't make out that voice note.", "Hello there."]
+    assert len(fake_ollama.requests_to("/api/chat")) == 1
