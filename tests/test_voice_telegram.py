@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from adapters.telegram import TelegramAdapter
 from bot.config import Config
-from bot.service import open_service
 from bot.voice import SpokenClip, Synthesizer, Transcriber, probe
 from tests.conftest import make_config
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.fakes.telegram import FakeTelegram
-from tests.test_telegram import GROUP, STRANGER, Running, texts, until
+from tests.test_telegram import GROUP, STRANGER, Running, start, texts, until
 
 QUESTION = "What is the weather like in Paris today?"
 ANSWER = ("It is sunny and warm in Paris today. ", "Take your sunglasses with you. ",
@@ -55,19 +53,6 @@ def voice_config(data_dir: Path, tg: FakeTelegram, llm: FakeOllama,
     )
 
 
-async def serve(config: Config, tg: FakeTelegram, llm: FakeOllama) -> AsyncIterator[Running]:
-    async with open_service(config) as service:
-        assert config.channels.telegram is not None
-        adapter = TelegramAdapter(config.channels.telegram, service.gateway)
-        task = asyncio.create_task(adapter.serve())
-        await asyncio.wait_for(adapter.ready.wait(), 10)
-        try:
-            yield Running(service, adapter, tg, llm)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-
 @pytest.fixture
 async def fake_tg() -> AsyncIterator[FakeTelegram]:
     async with FakeTelegram() as fake:
@@ -77,8 +62,8 @@ async def fake_tg() -> AsyncIterator[FakeTelegram]:
 @pytest.fixture
 async def running(data_dir: Path, fake_tg: FakeTelegram,
                   fake_ollama: FakeOllama) -> AsyncIterator[Running]:
-    async for value in serve(voice_config(data_dir, fake_tg, fake_ollama), fake_tg,
-                             fake_ollama):
+    async for value in start(voice_config(data_dir, fake_tg, fake_ollama), fake_tg,
+                             fake_ollama, voice=True):
         yield value
 
 
@@ -167,7 +152,7 @@ async def test_voice_replies_off_answers_in_text_only(data_dir: Path, fake_tg: F
                                                      fake_ollama: FakeOllama,
                                                      spoken_question: SpokenClip) -> None:
     config = voice_config(data_dir, fake_tg, fake_ollama, voice_replies="off")
-    async for tg_running in serve(config, fake_tg, fake_ollama):
+    async for tg_running in start(config, fake_tg, fake_ollama, voice=True):
         tg_running.tg.push_voice(chat_id=STRANGER, from_id=STRANGER,
                                  data=spoken_question.ogg_opus, duration=3)
         await until(lambda: texts(fake_tg, STRANGER), within=60)
