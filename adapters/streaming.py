@@ -140,7 +140,6 @@ class EditableChat(Protocol[Handle]):
 class _Shown(Generic[Handle]):
     handle: Handle
     text: str
-    final: bool = False
 
 
 def final_text(text: str, failure: str | None) -> str:
@@ -185,10 +184,10 @@ async def stream_by_editing(parts: AsyncIterator[ReplyPart], chat: EditableChat[
             if message.text == piece and not chat.reformats_final:
                 continue  # an edit that changes nothing would still spend the rate budget
             await deliver_surely(pacer, partial(chat.edit, message.handle, piece, True))
-            message.text, message.final = piece, True
+            message.text = piece
         else:
             handle = await deliver_surely(pacer, partial(chat.send, piece, True))
-            shown.append(_Shown(handle, piece, True))
+            shown.append(_Shown(handle, piece))
     return [message.handle for message in shown]
 
 

@@ -25,6 +25,7 @@ from bot.store import StoreError
 
 if TYPE_CHECKING:
     from bot.gateway import TurnResult
+    from bot.store.bindings import Binding
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -151,19 +152,19 @@ async def _chat(config: Config, who: str, once: str | None, stats: bool = False)
         if once is not None:
             # One-shot questions stand alone: each starts from an empty conversation.
             console = ConsoleChat(service.gateway, sender=who, chat_id=f"{who}-once")
-            await service.gateway.handle(console.event("/new"), _discard)
+            await service.gateway.start_over(console.event(""))
             result = await console.ask(once)
             if stats:
                 _print_stats(result)
             return EXIT_OK if result.answered else EXIT_FAILED
         console = ConsoleChat(service.gateway, sender=who)
-        label = service.models.target(None).label
         resolution = await service.gateway.persona_for(console.event(""))
-        print(f"hearthbot: chatting as {who} with the {resolution.persona} persona "
-              f"on {label}.", file=sys.stderr)
+        persona = service.gateway.personas[resolution.persona]
+        print(f"hearthbot: chatting as {who} with the {persona.name} persona on "
+              f"{service.models.target(persona.model).label}.", file=sys.stderr)
         print("Loading the model...", file=sys.stderr, flush=True)
         try:
-            seconds = await service.models.warm(service.gateway.personas[resolution.persona].model)
+            seconds = await service.models.warm(persona.model)
         except Exception as exc:  # the reply path reports it again, plainly, per message
             log.warning("warm-up failed: %s", exc)
         else:
@@ -225,11 +226,6 @@ def _print_stats(result: TurnResult) -> None:
     print(f"[first token {result.first_token_seconds:.3f} s, {result.completion_tokens} tokens "
           f"in {result.total_seconds or 0:.3f} s"
           + (f", {speed:.1f} tokens/s]" if speed else "]"), file=sys.stderr)
-
-
-async def _discard(_event: object, reply: object) -> None:
-    async for _ in reply:  # type: ignore[attr-defined]
-        pass
 
 
 async def _bind(config: Config, args: argparse.Namespace) -> int:
@@ -342,10 +338,7 @@ async def _list_bindings(config: Config, platform: str | None) -> int:
     return EXIT_OK
 
 
-def _describe(binding: object) -> str:
-    from bot.store.bindings import Binding
-
-    assert isinstance(binding, Binding)
+def _describe(binding: Binding) -> str:
     who = [binding.platform]
     who.append(binding.chat_kind or "any chat")
     who.append(f"peer {binding.peer_id}" if binding.peer_id else "anyone")

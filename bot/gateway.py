@@ -126,12 +126,17 @@ class Gateway:
         bindings = await list_bindings(self.store, event.platform)
         return resolve(event, bindings, self._roles)
 
+    async def start_over(self, event: InboundEvent) -> None:
+        """Close the conversation of the event's chat with its persona; the history stays."""
+        persona = (await self.persona_for(event)).persona
+        await start_new_session(self.store, event.platform, event.chat_id, persona)
+
     async def answer(self, inbox_id: int, event: InboundEvent, deliver: Deliver,
                      deliver_voice: DeliverVoice | None = None) -> TurnResult:
         if event.voice is not None and not event.transcribed:
             heard = await self._hear(inbox_id, event, deliver)
-            if heard is None:
-                return TurnResult(Outcome.FAILED)
+            if isinstance(heard, Outcome):
+                return TurnResult(heard)
             event = heard
         if not event.addressed:
             await inbox.mark(self.store, inbox_id, inbox.IGNORED)
@@ -150,8 +155,9 @@ class Gateway:
         return await self._model_turn(inbox_id, event, persona, deliver, deliver_voice)
 
     async def _hear(self, inbox_id: int, event: InboundEvent,
-                    deliver: Deliver) -> InboundEvent | None:
-        """The event with its voice note transcribed, or None once the failure was answered."""
+                    deliver: Deliver) -> InboundEvent | Outcome:
+        """The event with its voice note transcribed; or, when it could not be heard, the
+        outcome once that was answered (or, unaddressed in a group, let be)."""
         from bot.voice import VoiceError
 
         assert event.voice is not None
@@ -177,12 +183,12 @@ class Gateway:
                 transcript.text, [event.account or ""])
             return replace(event, text=text, transcribed=True,
                            mentioned=event.mentioned or named)
-        if event.addressed:
-            await deliver(event, _single(problem))
-            await inbox.mark(self.store, inbox_id, inbox.FAILED, error=problem)
-        else:
+        if not event.addressed:
             await inbox.mark(self.store, inbox_id, inbox.IGNORED)
-        return None
+            return Outcome.IGNORED
+        await deliver(event, _single(problem))
+        await inbox.mark(self.store, inbox_id, inbox.FAILED, error=problem)
+        return Outcome.FAILED
 
     async def _run_command(self, command: str, argument: str, event: InboundEvent,
                            persona: Persona) -> str:
