@@ -65,3 +65,44 @@ async def test_zero_config_cli_answers_with_the_bundled_model(cli_env: dict[str,
 
 async def _collect(stream: AsyncIterator[object]) -> list[object]:
     return [item async for item in stream]
+
+
+async def test_a_turn_for_another_model_waits_instead_of_unloading_a_busy_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from bot.providers import embedded
+    from bot.providers.embedded import Generated
+
+    class CountingEngine:
+        """Stands in for weights: it records use after release, which would crash llama.cpp."""
+
+        def __init__(self, name: str) -> None:
+            self.name, self.closed, self.misuse = name, False, False
+
+        def generate(self, messages: object, params: object, max_tokens: int,
+                     emit: embedded.Emit, cancelled: threading.Event) -> Generated:
+            for word in ("one ", "two ", "three"):
+                self.misuse |= self.closed
+                threading.Event().wait(0.05)
+                emit(word)
+            return Generated("stop", 1, 3)
+
+        def close(self) -> None:
+            self.closed = True
+
+    engines: list[CountingEngine] = []
+
+    def open_engine(model: ModelSpec, threads: int) -> CountingEngine:
+        engines.append(CountingEngine(model.id))
+        return engines[-1]
+
+    monkeypatch.setattr(embedded, "open_engine", open_engine)
+    first, second = ModelSpec(id="a"), ModelSpec(id="b")
+    provider = EmbeddedProvider("local", ProviderSpec(type="embedded", models=(first, second)))
+    replies = await asyncio.gather(*(_collect(provider.stream(model, QUESTION, PARAMS))
+                                     for model in (first, first, second, first)))
+    await provider.close()
+    assert all(isinstance(reply[-1], StreamEnd) for reply in replies)
+    assert not any(engine.misuse for engine in engines)
+    assert all(engine.closed for engine in engines)

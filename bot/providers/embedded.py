@@ -212,7 +212,6 @@ class EmbeddedProvider:
         params: GenerationParams,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[Delta]:
-        engine = await self._engine(model)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | _Finished | BaseException] = asyncio.Queue()
         cancelled = threading.Event()
@@ -230,6 +229,9 @@ class EmbeddedProvider:
                 hand_over(exc)
 
         async with self._turn_lock:
+            # Taken under the turn lock: a turn for another model may not swap the weights
+            # out between choosing the engine and using it.
+            engine = await self._engine(model)
             job = loop.run_in_executor(self._executor, work)
             try:
                 while True:

@@ -70,7 +70,11 @@ class HttpBackend:
             raise ProviderUnavailable(f"{self.name}: cannot reach {path}: {exc!r}") from exc
         if response.status_code >= 400:
             raise self.status_error(response)
-        return response.json()
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ProviderError(f"{self.name}: {path} answered something other than JSON: "
+                                f"{response.text[:200]!r}") from exc
 
     def status_error(self, response: httpx.Response) -> ProviderError:
         detail = response.text[:300]
