@@ -42,6 +42,8 @@ EMPTY_REPLY = "The model had nothing to say to that. Please try rephrasing."
 UNSUPPORTED = "I can read text and voice messages, but not that kind of message yet."
 NOT_HEARD = "I couldn't make out that voice note."
 VOICE_OFF = "I can't listen to voice notes here; please send text."
+TOO_LONG = "That voice note is too long for me; please keep it under {:.0f} minutes."
+GREETING = "Yes? Ask me anything."
 DELIVERY_FAILED = "delivery failed"
 
 
@@ -95,8 +97,7 @@ class Gateway:
         self.personas = personas
         self.speech = speech
         self._roles = {name: p.role for name, p in personas.items()}
-        self._admin_persona = next((n for n, p in personas.items() if p.role == "admin"),
-                                   "admin")
+        self._admin_persona = next((n for n, p in personas.items() if p.role == "admin"), None)
 
     async def accept(self, event: InboundEvent) -> int | None:
         """Store an event before it is acknowledged; None when it was seen before."""
@@ -145,10 +146,10 @@ class Gateway:
         persona = self.personas[resolution.persona]
         command = _command_in(event.text)
         if command is not None or not (event.text.strip() or event.voice):
-            if command is None:
-                reply = UNSUPPORTED
-            else:
+            if command is not None:
                 reply = await self._run_command(*command, event, persona)
+            else:  # a bare mention, or a sticker, photo or the like
+                reply = GREETING if event.mentioned else UNSUPPORTED
             await deliver(event, _single(reply))
             await inbox.mark(self.store, inbox_id, inbox.ANSWERED)
             return TurnResult(Outcome.ANSWERED)
@@ -162,6 +163,11 @@ class Gateway:
 
         assert event.voice is not None
         problem, transcript = NOT_HEARD, None
+        limit = self.speech.spec.max_seconds if self.speech else 0.0
+        if self.speech and event.voice.duration > limit:
+            log.info("voice note %s is %.0f s long; refused", event.message_id,
+                     event.voice.duration)
+            return await self._unheard(inbox_id, event, deliver, TOO_LONG.format(limit / 60))
         try:
             audio = await event.voice.fetch()
             transcript = await self.speech.transcribe(audio) if self.speech else None
@@ -172,17 +178,21 @@ class Gateway:
                         event.chat_id, exc)
             problem = exc.user_message
         except Exception:
-            log.exception("could not fetch voice note %s from %s", event.message_id,
-                          event.platform)
+            log.exception("could not fetch or transcribe voice note %s from %s",
+                          event.message_id, event.platform)
         if transcript is not None and transcript.text.strip():
             log.info("transcribed %.1f s of speech in %.2f s", transcript.duration,
                      transcript.seconds_taken)
             log.debug("voice note %s says: %s", event.message_id, transcript.text)
             text = "\n".join(part for part in (event.text, transcript.text.strip()) if part)
             named = self.speech is not None and self.speech.names_the_bot(
-                transcript.text, [event.account or ""])
+                transcript.text, event.bot_names)
             return replace(event, text=text, transcribed=True,
                            mentioned=event.mentioned or named)
+        return await self._unheard(inbox_id, event, deliver, problem)
+
+    async def _unheard(self, inbox_id: int, event: InboundEvent, deliver: Deliver,
+                       problem: str) -> Outcome:
         if not event.addressed:
             await inbox.mark(self.store, inbox_id, inbox.IGNORED)
             return Outcome.IGNORED
@@ -196,6 +206,8 @@ class Gateway:
             return ("Hello! Send me a message and I'll answer. "
                     + " ".join(f"/{c.name} to {c.help}." for c in COMMANDS[:2]))
         if command == "pair":
+            if self._admin_persona is None:
+                return "Pairing is not available: no admin persona is configured."
             result = await redeem(self.store, event, argument, self._admin_persona)
             return result.message
         if command == "new":
@@ -225,7 +237,7 @@ class Gateway:
                    and _speaks(persona, event) else None)
 
         async def reply() -> AsyncGenerator[ReplyPart, None]:
-            nonlocal first_token_at, first_token_seconds, end, failure
+            nonlocal first_token_at, first_token_seconds, end, failure, speaker
             try:
                 async for delta in target.provider.stream(target.model, messages,
                                                           persona.params):
@@ -235,7 +247,7 @@ class Gateway:
                             first_token_seconds = time.perf_counter() - started
                         pieces.append(delta.text)
                         if speaker is not None:
-                            await speaker.feed(delta.text)
+                            speaker = await _feed(speaker, delta.text)
                         yield ReplyText(delta.text)
                     elif isinstance(delta, StreamEnd):
                         end = delta
@@ -245,6 +257,12 @@ class Gateway:
                             event.message_id, exc)
                 yield ReplyFailed(exc.user_message)
                 return
+            except Exception as exc:
+                # A bug or a reply no parser expected: the user still gets a sentence.
+                failure = f"unexpected error: {exc!r}"
+                log.exception("turn for %s message %s failed", event.platform, event.message_id)
+                yield ReplyFailed(ProviderError.user_message)
+                return
             if not "".join(pieces).strip():
                 failure = "the model returned no text"
                 yield ReplyFailed(EMPTY_REPLY)
@@ -253,12 +271,9 @@ class Gateway:
             async with aclosing(reply()) as stream:
                 await deliver(event, stream)
         except Exception as exc:
-            # The adapter has logged what the platform said; the turn is recorded as failed.
             log.exception("delivering the reply to %s chat %s failed", event.platform,
                           event.chat_id)
             failure = failure or f"{DELIVERY_FAILED}: {exc!r}"
-        if speaker is not None and deliver_voice is not None:
-            await self._speak(event, speaker, deliver_voice, failed=failure is not None)
         status = inbox.FAILED if failure else inbox.ANSWERED
         await save_turn(self.store, TurnRecord(
             inbox_id=inbox_id, session_id=conversation.session_id, persona=persona.name,
@@ -270,6 +285,10 @@ class Gateway:
             status=status, error=failure, user_text=event.text,
             user_transcribed=event.transcribed, reply_text="".join(pieces),
         ))
+        # Recorded before speaking: once the text is delivered the message is answered, and a
+        # restart during synthesis must not answer it again.
+        if speaker is not None and deliver_voice is not None:
+            await self._speak(event, speaker, deliver_voice, failed=failure is not None)
         result = TurnResult(Outcome.FAILED if failure else Outcome.ANSWERED,
                             first_token_seconds, time.perf_counter() - started,
                             end.completion_tokens if end else None)
@@ -289,6 +308,17 @@ class Gateway:
         except Exception:
             # The text reply has arrived; a missing voice note is logged, not retried.
             log.exception("the spoken reply to %s chat %s failed", event.platform, event.chat_id)
+
+
+async def _feed(speaker: Speaker, text: str) -> Speaker | None:
+    """Hand text to the speaker; a speaker that fails is dropped and the text goes on alone."""
+    try:
+        await speaker.feed(text)
+    except Exception:
+        log.exception("speech synthesis failed; the reply continues as text only")
+        speaker.abandon()
+        return None
+    return speaker
 
 
 def _speaks(persona: Persona, event: InboundEvent) -> bool:
