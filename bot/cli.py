@@ -314,11 +314,16 @@ async def _say(config: Config, text: str, output: Path) -> int:
 
 async def _unbind(config: Config, binding_id: int) -> int:
     from bot.service import open_store
-    from bot.store.bindings import remove_binding
+    from bot.store.bindings import ConfigBinding, remove_binding
 
     async with open_store(config) as store:
-        removed = await remove_binding(store, binding_id)
-    if not removed:
+        try:
+            removed = await remove_binding(store, binding_id)
+        except ConfigBinding:
+            print(f"hearthbot: binding {binding_id} comes from the config file "
+                  "(agents.bindings); remove it there", file=sys.stderr)
+            return EXIT_USAGE
+    if removed is None:
         print(f"hearthbot: there is no binding {binding_id}", file=sys.stderr)
         return EXIT_FAILED
     print(f"binding {binding_id} removed")

@@ -6,6 +6,8 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from bot.events import ChatKind, InboundEvent
 from bot.store import Store, inbox
 from tests.conftest import make_config
@@ -70,3 +72,60 @@ def test_schema_head_constant_matches_the_migrations() -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     assert ScriptDirectory.from_config(config).get_heads() == [SCHEMA_HEAD]
+
+
+async def test_upgrade_from_the_previous_version_keeps_the_data(data_dir: Path) -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from bot.store.db import MIGRATIONS_DIR
+
+    url = make_config(data_dir).store_url()
+    store = Store(url)
+
+    def to_0001(connection: object) -> None:
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+
+    async with store.engine.begin() as connection:
+        await connection.run_sync(to_0001)
+    first = await inbox.record(store, _event("41"))
+    await store.close()
+
+    upgraded = Store(url)
+    await upgraded.migrate()
+    assert await inbox.state_of(upgraded, "telegram", "1", "41") == inbox.RECEIVED
+    assert await inbox.record(upgraded, _event("41")) is None
+    await upgraded.close()
+    path = url.split("///", 1)[1]
+    with sqlite3.connect(path) as db:
+        assert db.execute("select version_num from alembic_version").fetchall() == [("0002",)]
+        assert db.execute("select count(*) from pairing_codes").fetchone() == (0,)
+    assert first is not None
+
+
+async def test_a_binding_taken_out_of_the_config_is_revoked(store: Store) -> None:
+    from bot.config import BindingSpec
+    from bot.store.bindings import (
+        ConfigBinding,
+        add_binding,
+        list_bindings,
+        remove_binding,
+        seed_bindings,
+    )
+
+    owner = BindingSpec(persona="admin", platform="telegram", chat_kind="dm", peer="1")
+    friend = BindingSpec(persona="guest", platform="telegram", chat_kind="dm", peer="2")
+    await seed_bindings(store, (owner, friend))
+    added = await add_binding(store, BindingSpec(persona="guest", platform="discord",
+                                                 group="9"))
+    await seed_bindings(store, (friend,))
+    rows = await list_bindings(store)
+    assert [(b.peer_id, b.source) for b in rows] == [("2", "config"), (None, "cli")]
+    config_row = rows[0]
+    with pytest.raises(ConfigBinding):
+        await remove_binding(store, config_row.id)
+    assert await remove_binding(store, added.id) == added
+    assert await remove_binding(store, added.id) is None

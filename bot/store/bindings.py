@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.orm import Mapped
 
 from bot.config import BindingSpec
@@ -68,19 +68,36 @@ async def add_binding(store: Store, spec: BindingSpec, *, source: str = "cli") -
         return _to_binding(row)
 
 
-async def remove_binding(store: Store, binding_id: int) -> bool:
+async def remove_binding(store: Store, binding_id: int) -> Binding | None:
+    """Remove a binding added at run time; returns it, or None when there is no such row.
+
+    A binding from the config is not removed here (the next start would bring it back): it
+    raises ConfigBinding so the caller can say to edit the config instead.
+    """
     async with store.write() as session:
         row = await session.get(BindingRow, binding_id)
         if row is None:
-            return False
+            return None
+        if row.source == "config":
+            raise ConfigBinding(binding_id)
         await session.delete(row)
-        return True
+        return _to_binding(row)
+
+
+class ConfigBinding(Exception):
+    """The binding comes from the config file and can only be removed there."""
 
 
 async def seed_bindings(store: Store, specs: tuple[BindingSpec, ...]) -> None:
-    """Make the config's bindings present; running this at every start changes nothing twice."""
-    for spec in specs:
-        await add_binding(store, spec, source="config")
+    """Make the table hold exactly the config's bindings (beside those added at run time).
+
+    Running this at every start changes nothing twice; a binding taken out of the config is
+    taken out of the table too, so removing an admin binding from the file really revokes it.
+    """
+    kept = {(await add_binding(store, spec, source="config")).id for spec in specs}
+    async with store.write() as session:
+        await session.execute(delete(BindingRow).where(BindingRow.source == "config",
+                                                       BindingRow.id.not_in(kept)))
 
 
 def _same(column: Mapped[str | None], value: str | None) -> ColumnElement[bool]:
