@@ -83,6 +83,7 @@ def to_event(message: discord.Message, me: discord.ClientUser) -> InboundEvent |
         message_id=str(message.id),
         text=" ".join(text.split()) if "\n" not in text else text.strip(),
         account=str(me.id),
+        bot_names=_names(me, guild),
         group_id=None if guild is None else str(guild.id),
         # The role is read from the payload's list: the content may be blanked without the
         # message-content intent, and Discord's mention picker often offers the role.
@@ -91,6 +92,12 @@ def to_event(message: discord.Message, me: discord.ClientUser) -> InboundEvent |
         voice=_voice(message),
         received_at=message.created_at,
     )
+
+
+def _names(me: discord.ClientUser, guild: discord.Guild | None) -> tuple[str, ...]:
+    """What people call the bot here: its user name, display name and server nickname."""
+    nickname = guild.me.nick if guild is not None and guild.me is not None else None
+    return tuple(dict.fromkeys(n for n in (me.name, me.display_name, nickname) if n))
 
 
 def _own_mentions(message: discord.Message, me: discord.ClientUser) -> re.Pattern[str]:

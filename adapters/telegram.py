@@ -84,6 +84,7 @@ def to_event(update: Update, me: User, fetch_file: FetchFile) -> InboundEvent | 
         message_id=str(message.message_id),
         text=text,
         account=me.username,
+        bot_names=tuple(name for name in (me.username, me.first_name) if name),
         group_id=str(message.chat.id) if kind is ChatKind.GROUP else None,
         mentioned=mentioned,
         reply_to_bot=bool(replied and replied.from_user and replied.from_user.id == me.id),
@@ -206,9 +207,15 @@ class TelegramAdapter:
         self._lanes = ChatLanes()
         self._pacers: dict[str, Pacer] = {}
         self._bot: Bot | None = None
+        # The next update wanted; asking for it acknowledges everything before it.
+        self._offset: int | None = None
+
+    async def idle(self) -> None:
+        """Wait until every message taken in so far has been answered."""
+        await self._lanes.idle()
 
     def _token(self) -> str:
-        token = self.channel.token or os.environ.get("TELEGRAM_BOT_TOKEN", "")
+        token = (self.channel.token or os.environ.get("TELEGRAM_BOT_TOKEN", "")).strip()
         if not token:
             raise AdapterStartError("Telegram needs a bot token: set channels.telegram.token "
                                     "or TELEGRAM_BOT_TOKEN.")
@@ -231,18 +238,18 @@ class TelegramAdapter:
             raise AdapterStartError("Telegram rejected the bot token; check "
                                     "channels.telegram.token or TELEGRAM_BOT_TOKEN.") from exc
         self._bot = bot
-        offset: int | None = None
         try:
             await self._prepare(bot)
             self.ready.set()
             log.info("telegram: polling as @%s", bot.username)
-            offset = await self._poll(bot, poll_timeout)
+            await self._poll(bot, poll_timeout)
         finally:
             await self._lanes.close()
-            if offset is not None:
-                # Acknowledge what was stored; anything unanswered is resumed from the inbox.
+            if self._offset is not None:
+                # Acknowledge what was stored, so a restart is not sent it again; anything
+                # unanswered is resumed from the inbox.
                 with contextlib.suppress(TelegramError):
-                    await bot.get_updates(offset=offset, timeout=0)
+                    await bot.get_updates(offset=self._offset, timeout=0)
             await bot.shutdown()
 
     async def _prepare(self, bot: Bot) -> None:
@@ -252,12 +259,11 @@ class TelegramAdapter:
         for inbox_id, event in await self.gateway.pending(PLATFORM):
             self._answer_later(inbox_id, self._revive(event))
 
-    async def _poll(self, bot: Bot, poll_timeout: int) -> int | None:
-        offset: int | None = None
+    async def _poll(self, bot: Bot, poll_timeout: int) -> None:
         failures = 0
         while True:
             try:
-                updates = await bot.get_updates(offset=offset, timeout=poll_timeout,
+                updates = await bot.get_updates(offset=self._offset, timeout=poll_timeout,
                                                 allowed_updates=["message"])
             except RetryAfter as exc:
                 wait = exc.retry_after
@@ -276,7 +282,7 @@ class TelegramAdapter:
             failures = 0
             for update in updates:
                 await self._receive(bot, update)
-                offset = update.update_id + 1
+                self._offset = update.update_id + 1
 
     async def _receive(self, bot: Bot, update: Update) -> None:
         try:

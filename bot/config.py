@@ -237,10 +237,12 @@ class VoiceSpec:
     stt: SpeechToTextSpec = field(default_factory=SpeechToTextSpec)
     tts: TextToSpeechSpec = field(default_factory=TextToSpeechSpec)
     # In groups a voice note counts as addressed to the bot when its transcript says one of
-    # these (or the bot's own user name).
+    # these, or a name the bot has on that platform (user name, display name, nickname).
     wake_words: tuple[str, ...] = ("hearthbot",)
     # Synthesis jobs waiting at once, process-wide; beyond it new sentences wait their turn.
     queue_size: int = 16
+    # Longer notes are refused before they are downloaded: one transcriber serves everyone.
+    max_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -294,8 +296,8 @@ class Config:
         _collect_secrets(self, found)
         for channel, variable in ((self.channels.telegram, "TELEGRAM_BOT_TOKEN"),
                                   (self.channels.discord, "DISCORD_BOT_TOKEN")):
-            if channel is not None and not channel.token and os.environ.get(variable):
-                found.append(os.environ[variable])
+            if channel is not None and not channel.token and os.environ.get(variable, "").strip():
+                found.append(os.environ[variable].strip())
         return found
 
 

@@ -48,6 +48,9 @@ class InboundEvent:
     voice: VoiceAttachment | None = None
     # Speech-to-text output can be misheard or hallucinated: prompts mark it as such.
     transcribed: bool = False
+    # What the bot is called in this chat (user name, display name): a voice note saying one
+    # of these is addressed to it.
+    bot_names: tuple[str, ...] = ()
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property

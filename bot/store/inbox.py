@@ -60,6 +60,7 @@ def _to_json(event: InboundEvent) -> str:
         "message_id": event.message_id, "text": event.text, "account": event.account,
         "group_id": event.group_id, "mentioned": event.mentioned,
         "reply_to_bot": event.reply_to_bot, "transcribed": event.transcribed,
+        "bot_names": list(event.bot_names),
         "voice": None if event.voice is None else {
             "mime_type": event.voice.mime_type, "duration": event.voice.duration,
             "ref": event.voice.ref},
@@ -75,6 +76,7 @@ def _from_json(text: str) -> InboundEvent:
         sender_name=data["sender_name"], message_id=data["message_id"], text=data["text"],
         account=data["account"], group_id=data["group_id"], mentioned=data["mentioned"],
         reply_to_bot=data["reply_to_bot"], transcribed=data["transcribed"],
+        bot_names=tuple(data.get("bot_names", ())),
         voice=VoiceAttachment(**voice) if (voice := data.get("voice")) else None,
         received_at=datetime.fromisoformat(data["received_at"]),
     )

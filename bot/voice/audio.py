@@ -142,8 +142,8 @@ def waveform(pcm_int16: bytes, samples: int = 256) -> bytes:
     if levels.size == 0 or samples <= 0:
         return b""
     buckets = np.array_split(levels, min(samples, levels.size))
-    peaks = np.array([bucket.max() for bucket in buckets], dtype=np.float32)
-    loudest = float(peaks.max())
+    peaks = np.array([np.max(bucket) for bucket in buckets], dtype=np.float32)
+    loudest = float(np.max(peaks))
     if loudest == 0.0:
         return bytes(len(peaks))
     return np.round(peaks * (255.0 / loudest)).astype(np.uint8).tobytes()
