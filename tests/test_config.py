@@ -147,3 +147,9 @@ def test_the_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config(example)
     assert config.resolve_model("fast")[0] == "mlx"
     assert config.channels_enabled == ("telegram", "discord")
+
+
+def test_environment_tokens_are_redacted_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "555:from-the-environment")
+    config = parse_config({"channels": {"telegram": {}}})
+    assert "555:from-the-environment" in config.secrets()

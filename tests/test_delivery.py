@@ -116,8 +116,11 @@ async def test_unchanged_pieces_get_no_final_edit_without_reformatting() -> None
 async def test_rate_limit_mid_stream_waits_and_still_completes() -> None:
     chat = FakeEditable()
     chat.refuse = [RateLimited(0.3)]
+    refused_at = time.monotonic()  # the first call is refused at once
     await stream_by_editing(parts("one ", "two ", "three", gap=0.05), chat, Pacer(0.01))
     assert chat.messages == {1: "one two three"}
+    first_success = min(c[4] for c in chat.calls if c[0] in ("send", "edit"))
+    assert first_success - refused_at >= 0.3, "nothing may reach the chat while it is held"
 
 
 async def test_network_errors_on_the_final_send_are_retried() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -10,14 +12,6 @@ from bot.events import ChatKind, InboundEvent, ReplyPart, ReplyText
 from bot.pairing import LOCK_AFTER_FAILURES, create_code
 from bot.service import Service
 from bot.store.tables import PairingCodeRow, utcnow
-
-replies: list[str] = []
-
-
-async def collect(_event: InboundEvent, reply: object) -> None:
-    parts: list[ReplyPart] = [p async for p in reply]  # type: ignore[attr-defined]
-    replies.append("".join(p.text for p in parts if isinstance(p, ReplyText)))
-
 
 counter = iter(range(1, 1_000_000))
 
@@ -30,8 +24,15 @@ def dm(text: str, sender: str = "555", kind: ChatKind = ChatKind.DM) -> InboundE
 
 
 async def say(service: Service, event: InboundEvent) -> str:
+    """What the bot answered to this event; fails if it answered nothing or twice."""
+    replies: list[str] = []
+
+    async def collect(_event: InboundEvent, reply: AsyncIterator[ReplyPart]) -> None:
+        replies.append("".join([p.text async for p in reply if isinstance(p, ReplyText)]))
+
     await service.gateway.handle(event, collect)
-    return replies[-1]
+    (answer,) = replies
+    return answer
 
 
 async def persona_of(service: Service, sender: str) -> str:
@@ -84,6 +85,8 @@ async def test_repeated_wrong_codes_lock_pairing(ollama_service: Service) -> Non
 
 async def test_commands_and_odd_messages(ollama_service: Service) -> None:
     assert "I don't know that command" in await say(ollama_service, dm("/frobnicate"))
-    assert await say(ollama_service, dm("")) == (
+    sticker = replace(dm(""), mentioned=False)
+    assert await say(ollama_service, sticker) == (
         "I can read text and voice messages, but not that kind of message yet.")
+    assert await say(ollama_service, dm("", kind=ChatKind.GROUP)) == "Yes? Ask me anything."
     assert (await say(ollama_service, dm("/usr/bin is missing, why?"))) == "Hello there."

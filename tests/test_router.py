@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from bot.config import BindingSpec
 from bot.events import ChatKind, InboundEvent
 from bot.router import resolve
@@ -118,10 +116,3 @@ def test_a_group_binding_can_name_a_channel_of_a_server() -> None:
     assert resolve(dm_with_same_id, [channel_row], ROLES).binding is None
     assert resolve(a_dm, [channel_row], ROLES).binding is None
 
-
-def test_environment_tokens_are_redacted_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bot.config import parse_config
-
-    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "555:from-the-environment")
-    config = parse_config({"channels": {"telegram": {}}})
-    assert "555:from-the-environment" in config.secrets()

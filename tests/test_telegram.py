@@ -214,11 +214,19 @@ async def test_rate_limit_mid_stream_is_honoured_and_reply_completes(running: Ru
     assert during == [], "no calls to the chat while Telegram asked us to wait"
 
 
+def acknowledged(tg: FakeTelegram, update_id: int) -> bool:
+    """The adapter has asked for updates after this one: it has taken it in."""
+    return any(int(c.params.get("offset") or 0) > update_id for c in tg.calls_to("getUpdates"))
+
+
 async def test_same_update_twice_is_answered_once(running: Running) -> None:
     update = running.tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="once please")
     running.tg.push_update(update)
     await until(lambda: texts(running.tg, STRANGER))
-    await asyncio.sleep(0.3)
+    # Both deliveries were taken in (acknowledged) and the first was answered; the lane has
+    # nothing left to run.
+    await until(lambda: acknowledged(running.tg, update["update_id"]))
+    await running.adapter.idle()
     assert len(running.llm.requests_to("/api/chat")) == 1
     assert texts(running.tg, STRANGER) == ["Hello there."]
 
@@ -298,9 +306,9 @@ async def test_unanswered_messages_are_answered_after_a_restart(
         fake_tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="answer me eventually")
         await until(lambda: fake_ollama.requests_to("/api/chat"))
     # The service stopped mid-turn. At the next start the message is answered, once.
-    async for _ in start(config, fake_tg, fake_ollama):
+    async for running in start(config, fake_tg, fake_ollama):
         await until(lambda: texts(fake_tg, STRANGER))
-        await asyncio.sleep(0.3)
+        await running.adapter.idle()
         assert texts(fake_tg, STRANGER) == ["Hello there."]
         assert len(fake_ollama.requests_to("/api/chat")) == 2
 

@@ -159,3 +159,14 @@ async def test_voice_replies_off_answers_in_text_only(data_dir: Path, fake_tg: F
         await asyncio.sleep(0.5)
     assert texts(fake_tg, STRANGER) == ["Hello there."]
     assert fake_tg.voices_sent == []
+
+
+async def test_an_overlong_voice_note_is_refused_before_download(
+        running: Running, spoken_question: SpokenClip) -> None:
+    running.tg.push_voice(chat_id=STRANGER, from_id=STRANGER, data=spoken_question.ogg_opus,
+                          duration=3600)
+    await until(lambda: texts(running.tg, STRANGER), within=30)
+    assert texts(running.tg, STRANGER) == [
+        "That voice note is too long for me; please keep it under 5 minutes."]
+    assert running.tg.downloads == []
+    assert running.llm.requests_to("/api/chat") == []
