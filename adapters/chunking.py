@@ -1,4 +1,5 @@
-"""Splitting a long reply into platform-sized messages without breaking code fences."""
+"""Shaping message text: splitting a long reply into platform-sized messages without breaking
+code fences, and tidying what is left of a message once the bot's name is taken out."""
 
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ def split_message(text: str, limit: int) -> list[str]:
             reopen = ""
         pieces.append(piece)
     return pieces
+
+
+def without_gaps(text: str) -> str:
+    """A one-line message loses the double spaces a removed mention leaves; a message of
+    several lines keeps its layout (it may hold code) and is only trimmed."""
+    return " ".join(text.split()) if "\n" not in text else text.strip()
 
 
 def _cut_point(text: str, budget: int) -> int:

@@ -25,9 +25,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 import discord
 
+from adapters.chunking import without_gaps
 from adapters.errors import AdapterStartError, DeliveryError, PlatformUnavailable, RateLimited
 from adapters.lanes import ChatLanes, Job
-from adapters.streaming import Pacer, deliver_surely, stream_by_editing, typing_while
+from adapters.streaming import (
+    ChatPacers,
+    Pacer,
+    deliver_surely,
+    stream_by_editing,
+    typing_while,
+)
 from bot.config import DiscordChannel
 from bot.events import ChatKind, InboundEvent, ReplyPart, VoiceAttachment
 from bot.gateway import Gateway
@@ -81,7 +88,7 @@ def to_event(message: discord.Message, me: discord.ClientUser) -> InboundEvent |
         sender_id=str(author.id),
         sender_name=author.display_name,
         message_id=str(message.id),
-        text=" ".join(text.split()) if "\n" not in text else text.strip(),
+        text=without_gaps(text),
         account=str(me.id),
         bot_names=_names(me, guild),
         group_id=None if guild is None else str(guild.id),
@@ -260,7 +267,7 @@ class DiscordAdapter:
         self.guild_ready_timeout = guild_ready_timeout
         self.client: discord.Client | None = None
         self._lanes = ChatLanes()
-        self._pacers: dict[str, Pacer] = {}
+        self._pacers = ChatPacers()
         self._intake = asyncio.Lock()
         # Jobs held until the first on_ready; None once they have been handed to the lanes.
         self._held: list[tuple[str, Job]] | None = []
@@ -384,7 +391,4 @@ class DiscordAdapter:
 
     def _pacer(self, event: InboundEvent) -> Pacer:
         # Creates and edits share one bucket per channel, so the pacing is per channel too.
-        pacer = self._pacers.get(event.chat_id)
-        if pacer is None:
-            pacer = self._pacers[event.chat_id] = Pacer(self.channel.edit_interval)
-        return pacer
+        return self._pacers.get(event.chat_id, self.channel.edit_interval)

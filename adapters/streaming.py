@@ -57,6 +57,19 @@ class Pacer:
             await asyncio.sleep(delay)
 
 
+class ChatPacers:
+    """One Pacer per chat, made on first use: platforms limit calls per chat."""
+
+    def __init__(self) -> None:
+        self._pacers: dict[str, Pacer] = {}
+
+    def get(self, chat_id: str, interval: float) -> Pacer:
+        pacer = self._pacers.get(chat_id)
+        if pacer is None:
+            pacer = self._pacers[chat_id] = Pacer(interval)
+        return pacer
+
+
 async def deliver_surely(pacer: Pacer, call: Callable[[], Awaitable[T]],
                          attempts: int = FINAL_ATTEMPTS) -> T:
     """Make a call that must succeed: wait out rate limits, back off on network errors."""

@@ -28,6 +28,7 @@ from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 
+from adapters.chunking import without_gaps
 from adapters.errors import (
     AdapterStartError,
     DeliveryError,
@@ -37,6 +38,7 @@ from adapters.errors import (
 )
 from adapters.lanes import ChatLanes
 from adapters.streaming import (
+    ChatPacers,
     Pacer,
     deliver_surely,
     stream_by_editing,
@@ -109,7 +111,7 @@ def _strip_mention(message: Message, text: str, me: User) -> tuple[bool, str]:
     if mentioned and me.username:
         # "@bot what time is it" reads as "what time is it"; "/new@bot" stays a command.
         text = re.sub(rf"(?<![\w/])@{re.escape(me.username)}\b", "", text, flags=re.IGNORECASE)
-        text = " ".join(text.split()) if "\n" not in text else text.strip()
+        text = without_gaps(text)
     return mentioned, text
 
 
@@ -143,6 +145,19 @@ async def _translated(call: Awaitable[T]) -> T:
         raise DeliveryError(exc.message) from exc
 
 
+async def _formatted(attempt: Callable[[str, str | None], Awaitable[T]], text: str,
+                     final: bool) -> T:
+    """Progress goes out as plain text (half a reply is rarely well-formed Markdown); the final
+    text as HTML, or plain again if Telegram refuses the HTML."""
+    if not final:
+        return await attempt(text, None)
+    try:
+        return await attempt(to_telegram_html(text), ParseMode.HTML)
+    except FormattingRejected as exc:
+        log.info("Telegram refused the formatting (%s); sending plain text", exc)
+        return await attempt(text, None)
+
+
 class TelegramChat:
     """One reply in one chat, as Bot API calls: drafts and messages in DMs, a message edited in
     place in groups (threaded as a reply to the message that asked)."""
@@ -164,13 +179,7 @@ class TelegramChat:
                 reply_to_message_id=self.reply_to, allow_sending_without_reply=True))
             return message.message_id
 
-        if not final:
-            return await attempt(text, None)
-        try:
-            return await attempt(to_telegram_html(text), ParseMode.HTML)
-        except FormattingRejected as exc:
-            log.info("Telegram refused the formatting (%s); sending plain text", exc)
-            return await attempt(text, None)
+        return await _formatted(attempt, text, final)
 
     async def edit(self, handle: int, text: str, final: bool) -> None:
         async def attempt(body: str, parse_mode: str | None) -> None:
@@ -181,14 +190,7 @@ class TelegramChat:
                 if "message is not modified" not in str(exc).lower():
                     raise
 
-        if not final:
-            await attempt(text, None)
-            return
-        try:
-            await attempt(to_telegram_html(text), ParseMode.HTML)
-        except FormattingRejected as exc:
-            log.info("Telegram refused the formatting (%s); sending plain text", exc)
-            await attempt(text, None)
+        await _formatted(attempt, text, final)
 
     async def preview(self, text: str) -> None:
         await _translated(self.bot.send_message_draft(self.chat_id, self.draft_id, text))
@@ -205,7 +207,7 @@ class TelegramAdapter:
         self.gateway = gateway
         self.ready = asyncio.Event()
         self._lanes = ChatLanes()
-        self._pacers: dict[str, Pacer] = {}
+        self._pacers = ChatPacers()
         self._bot: Bot | None = None
         # The next update wanted; asking for it acknowledges everything before it.
         self._offset: int | None = None
@@ -315,12 +317,9 @@ class TelegramAdapter:
         return bytes(await _translated(file.download_as_bytearray()))
 
     def _pacer(self, event: InboundEvent) -> Pacer:
-        pacer = self._pacers.get(event.chat_id)
-        if pacer is None:
-            interval = (self.channel.draft_interval if event.chat_kind is ChatKind.DM
-                        else self.channel.edit_interval)
-            pacer = self._pacers[event.chat_id] = Pacer(interval)
-        return pacer
+        interval = (self.channel.draft_interval if event.chat_kind is ChatKind.DM
+                    else self.channel.edit_interval)
+        return self._pacers.get(event.chat_id, interval)
 
     async def deliver_voice(self, event: InboundEvent,
                             clip: Awaitable[SpokenClip | None]) -> None:

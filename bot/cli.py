@@ -245,7 +245,7 @@ async def _bind(config: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     async with open_store(config) as store:
         binding = await add_binding(store, spec)
-    print(f"binding {binding.id}: {_describe(binding)}")
+    print(f"binding {binding.id}: {_binding_line(binding)}")
     return EXIT_OK
 
 
@@ -339,11 +339,11 @@ async def _list_bindings(config: Config, platform: str | None) -> int:
     if not rows:
         print("no bindings: everyone gets the guest persona")
     for binding in rows:
-        print(f"{binding.id:>4}  {_describe(binding)}")
+        print(f"{binding.id:>4}  {_binding_line(binding)}")
     return EXIT_OK
 
 
-def _describe(binding: Binding) -> str:
+def _binding_line(binding: Binding) -> str:
     who = [binding.platform]
     who.append(binding.chat_kind or "any chat")
     who.append(f"peer {binding.peer_id}" if binding.peer_id else "anyone")
