@@ -53,6 +53,9 @@ BYSTANDER_ID = 300000000000000002
 OTHER_BOT_ID = 300000000000000003
 EDIT_INTERVAL = 0.2  # the configured floor between two creates/edits in one channel
 FENCE = "`" * 3
+# How long a test waits for something that normally takes milliseconds: generous, so that a
+# busy machine slows a test down instead of failing it.
+WAIT_LIMIT = 15.0
 OGG = b"OggS\x00\x02" + bytes(range(256)) * 4  # stand-in bytes; nothing decodes them here
 
 
@@ -83,7 +86,7 @@ async def started(adapter: DiscordAdapter) -> asyncio.Task[None]:
     """serve() in a task, once on_ready has fired; a start failure is raised here."""
     task = asyncio.create_task(adapter.serve())
     ready = asyncio.create_task(adapter.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=3.0,
+    done, _ = await asyncio.wait({task, ready}, timeout=WAIT_LIMIT,
                                  return_when=asyncio.FIRST_COMPLETED)
     ready.cancel()
     if task in done:
@@ -108,7 +111,8 @@ async def serving(service: Service, **settings: Any) -> AsyncIterator[DiscordAda
         await stop(task)
 
 
-async def until(condition: Callable[[], bool], what: str, within: float = 3.0) -> None:
+async def until(condition: Callable[[], bool], what: str,
+                within: float = WAIT_LIMIT) -> None:
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
@@ -120,7 +124,7 @@ async def state(service: Service, msg: Json) -> str | None:
     return await inbox.state_of(service.store, "discord", msg["channel_id"], msg["id"])
 
 
-async def settled(service: Service, msg: Json, within: float = 3.0) -> str:
+async def settled(service: Service, msg: Json, within: float = WAIT_LIMIT) -> str:
     """The message's inbox state once the adapter is done with it (answered, ignored...)."""
     deadline = time.monotonic() + within
     while (current := await state(service, msg)) in (None, inbox.RECEIVED):
@@ -569,7 +573,7 @@ async def test_restart_answers_what_was_left_once_even_when_ready_fires_again(
         assert adapter.client is not None
         # discord.py spaces IDENTIFYs 5 s apart, Discord's own limit; no need to wait here.
         monkeypatch.setattr(adapter.client, "before_identify_hook", no_identify_pause)
-        again = asyncio.create_task(adapter.client.wait_for("ready", timeout=3.0))
+        again = asyncio.create_task(adapter.client.wait_for("ready", timeout=WAIT_LIMIT))
         fake.invalidate_session(resumable=False)  # a fresh IDENTIFY, so on_ready once more
         await again
         assert await settled(service, msg) == inbox.ANSWERED
@@ -602,7 +606,7 @@ async def test_token_from_the_environment(fake: FakeDiscord, service: Service,
 
 async def test_rejected_token(fake: FakeDiscord, service: Service) -> None:
     with pytest.raises(AdapterStartError) as error:
-        await asyncio.wait_for(make_adapter(service, token="not.the.token").serve(), 3.0)
+        await asyncio.wait_for(make_adapter(service, token="not.the.token").serve(), WAIT_LIMIT)
     assert str(error.value) == BAD_TOKEN
     assert [c.status for c in fake.calls_to("GET", "/users/@me")] == [401]
     assert fake.gateway_connects == []
@@ -614,7 +618,7 @@ async def test_token_reset_while_connected_closes_4004(fake: FakeDiscord,
     try:
         await fake.close_gateway(4004)
         with pytest.raises(AdapterStartError) as error:
-            await asyncio.wait_for(task, 3.0)
+            await asyncio.wait_for(task, WAIT_LIMIT)
         assert str(error.value) == BAD_TOKEN
     finally:
         if not task.done():
@@ -625,7 +629,7 @@ async def test_missing_message_content_intent_closes_4014(service: Service) -> N
     async with FakeDiscord(token=TOKEN, allow_message_content=False) as strict:
         with strict.patch_client_urls(), pytest.raises(AdapterStartError) as error:
             adapter = make_adapter(service, message_content_intent=True)
-            await asyncio.wait_for(adapter.serve(), 3.0)
+            await asyncio.wait_for(adapter.serve(), WAIT_LIMIT)
     assert str(error.value) == MISSING_INTENT
     assert "Message Content" in MISSING_INTENT
     assert "channels.discord.message_content_intent" in MISSING_INTENT
@@ -637,7 +641,7 @@ async def test_unreachable_discord(service: Service, monkeypatch: pytest.MonkeyP
         port = probe.getsockname()[1]
     monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
     with pytest.raises(AdapterStartError) as error:
-        await asyncio.wait_for(make_adapter(service).serve(), 3.0)
+        await asyncio.wait_for(make_adapter(service).serve(), WAIT_LIMIT)
     assert str(error.value).startswith("Could not reach Discord to log in")
 
 

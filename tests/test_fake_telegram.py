@@ -72,7 +72,7 @@ async def polling(app: Application) -> AsyncIterator[None]:  # type: ignore[type
         await app.shutdown()
 
 
-async def eventually(check: Callable[[], bool], within: float = 3.0) -> None:
+async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"

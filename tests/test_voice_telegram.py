@@ -156,7 +156,7 @@ async def test_voice_replies_off_answers_in_text_only(data_dir: Path, fake_tg: F
         tg_running.tg.push_voice(chat_id=STRANGER, from_id=STRANGER,
                                  data=spoken_question.ogg_opus, duration=3)
         await until(lambda: texts(fake_tg, STRANGER), within=60)
-        await asyncio.sleep(0.5)
+        await tg_running.adapter.idle()  # the turn, spoken part included, is over
     assert texts(fake_tg, STRANGER) == ["Hello there."]
     assert fake_tg.voices_sent == []
 
