@@ -293,7 +293,7 @@ class Config:
         """Every secret the service will use, so logs can redact them: those in the config and
         the platform tokens read from the environment."""
         found: list[str] = []
-        _collect_secrets(self, found)
+        _plain(self, found)
         for channel, variable in ((self.channels.telegram, "TELEGRAM_BOT_TOKEN"),
                                   (self.channels.discord, "DISCORD_BOT_TOKEN")):
             if channel is not None and not channel.token and os.environ.get(variable, "").strip():
@@ -484,37 +484,30 @@ def _json_type(value: object) -> str:
     return "an object"
 
 
-def _collect_secrets(value: object, found: list[str]) -> None:
+def _plain(value: object, secrets: list[str]) -> Any:
+    """`value` as JSON data with each secret masked; the secrets found are added to `secrets`.
+
+    One walk serves both `masked_dict` (what to show) and `Config.secrets` (what to redact),
+    so the two can never disagree about which values are secret.
+    """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
         for f in dataclasses.fields(value):
             item = getattr(value, f.name)
             if f.metadata.get("secret") and isinstance(item, str) and item:
-                found.append(item)
+                secrets.append(item)
+                out[f.name] = "********"
             else:
-                _collect_secrets(item, found)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            _collect_secrets(item, found)
-    elif isinstance(value, tuple):
-        for item in value:
-            _collect_secrets(item, found)
+                out[f.name] = _plain(item, secrets)
+        return out
+    if isinstance(value, Mapping):
+        return {k: _plain(v, secrets) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v, secrets) for v in value]
+    return value
 
 
 def masked_dict(config: Config) -> dict[str, Any]:
     """The effective config as plain JSON data, with every secret replaced by asterisks."""
-
-    def convert(value: object) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            out: dict[str, Any] = {}
-            for f in dataclasses.fields(value):
-                item = getattr(value, f.name)
-                out[f.name] = "********" if f.metadata.get("secret") and item else convert(item)
-            return out
-        if isinstance(value, Mapping):
-            return {k: convert(v) for k, v in value.items()}
-        if isinstance(value, tuple):
-            return [convert(v) for v in value]
-        return value
-
-    result: dict[str, Any] = convert(config)
+    result: dict[str, Any] = _plain(config, [])
     return result
