@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import bot  # noqa: F401  (sets the process environment before any platform library loads)
+
 if TYPE_CHECKING:
     from adapters.base import Adapter
     from bot.config import Config

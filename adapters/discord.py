@@ -26,7 +26,7 @@ import aiohttp
 import discord
 
 from adapters.chunking import without_gaps
-from adapters.errors import AdapterStartError, DeliveryError, PlatformUnavailable, RateLimited
+from bot.errors import AdapterStartError, DeliveryError, PlatformUnavailable, RateLimited
 from adapters.lanes import ChatLanes, Job
 from adapters.streaming import (
     ChatPacers,
@@ -40,7 +40,7 @@ from bot.events import ChatKind, InboundEvent, ReplyPart, VoiceAttachment
 from bot.gateway import Gateway
 
 if TYPE_CHECKING:
-    from bot.voice import SpokenClip
+    from bot.voice.tts import SpokenClip
 
 log = logging.getLogger(__name__)
 

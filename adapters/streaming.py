@@ -21,7 +21,7 @@ from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 from adapters.chunking import split_message
-from adapters.errors import DeliveryError, PlatformUnavailable, RateLimited
+from bot.errors import DeliveryError, PlatformUnavailable, RateLimited
 from bot.events import ReplyFailed, ReplyPart, ReplyText
 
 log = logging.getLogger(__name__)

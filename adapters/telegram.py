@@ -20,22 +20,13 @@ from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
-# Opt in to PTB's coming durations-as-timedelta now; the code below reads both forms.
-os.environ.setdefault("PTB_TIMEDELTA", "1")
-
 from telegram import Bot, BotCommand, Message, MessageEntity, Update, User
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 
 from adapters.chunking import without_gaps
-from adapters.errors import (
-    AdapterStartError,
-    DeliveryError,
-    FormattingRejected,
-    PlatformUnavailable,
-    RateLimited,
-)
+from bot.errors import AdapterStartError, DeliveryError, FormattingRejected, PlatformUnavailable, RateLimited
 from adapters.lanes import ChatLanes
 from adapters.streaming import (
     ChatPacers,
@@ -51,7 +42,7 @@ from bot.events import ChatKind, InboundEvent, ReplyPart, VoiceAttachment
 from bot.gateway import COMMANDS, Gateway
 
 if TYPE_CHECKING:
-    from bot.voice import SpokenClip
+    from bot.voice.tts import SpokenClip
 
 log = logging.getLogger(__name__)
 

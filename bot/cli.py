@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 from bot.config import (
     BindingSpec,
     Config,
-    ConfigError,
     default_config_path,
     load_config,
     masked_dict,
 )
+from bot.errors import ConfigError
 from bot.logs import setup_logging
-from bot.store import StoreError
+from bot.errors import StoreError
 
 if TYPE_CHECKING:
     from bot.gateway import TurnResult
@@ -183,8 +183,8 @@ async def _run(config: Config) -> int:
               "nothing to run.", file=sys.stderr)
         return EXIT_USAGE
     from adapters import build_adapters
-    from adapters.errors import AdapterStartError
-    from bot.providers import ProviderError
+    from bot.errors import AdapterStartError
+    from bot.errors import ProviderError
     from bot.service import open_service
 
     async with open_service(config) as service:
@@ -263,7 +263,7 @@ async def _pair(config: Config) -> int:
 
 async def _transcribe(config: Config, file: Path) -> int:
     from bot.speech import Speech
-    from bot.voice import VoiceError
+    from bot.errors import VoiceError
 
     try:
         data = await asyncio.to_thread(file.read_bytes)
@@ -288,7 +288,7 @@ async def _transcribe(config: Config, file: Path) -> int:
 
 async def _say(config: Config, text: str, output: Path) -> int:
     from bot.speech import Speech
-    from bot.voice import VoiceError
+    from bot.errors import VoiceError
 
     speech = Speech(config.voice)
     speaker = speech.speaker()
@@ -314,7 +314,8 @@ async def _say(config: Config, text: str, output: Path) -> int:
 
 async def _unbind(config: Config, binding_id: int) -> int:
     from bot.service import open_store
-    from bot.store.bindings import ConfigBinding, remove_binding
+    from bot.store.bindings import remove_binding
+    from bot.errors import ConfigBinding
 
     async with open_store(config) as store:
         try:

@@ -15,19 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from bot.errors import ConfigError
 
 BUNDLED_MODEL_ID = "smollm2-135m-instruct"
 DEFAULT_PROVIDER = "local"
-
-
-class ConfigError(Exception):
-    """A config problem a person can fix; the message names the key path."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        where = f" at {path}" if path else ""
-        super().__init__(f"config error{where}: {problem}")
 
 
 def _secret() -> Any:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 from bot import context
 from bot.events import InboundEvent, ReplyFailed, ReplyPart, ReplyText
 from bot.pairing import redeem
-from bot.providers import ProviderError, StreamEnd, TextDelta
+from bot.providers import StreamEnd, TextDelta
+from bot.errors import ProviderError
 from bot.residency import ModelHost
 from bot.router import Resolution, resolve
 from bot.store import Store, inbox
@@ -29,7 +30,7 @@ from persona import Persona
 
 if TYPE_CHECKING:  # speech pulls in audio libraries; a text-only process never loads them
     from bot.speech import Speaker, Speech
-    from bot.voice import SpokenClip
+    from bot.voice.tts import SpokenClip
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class Gateway:
                     deliver: Deliver) -> InboundEvent | Outcome:
         """The event with its voice note transcribed; or, when it could not be heard, the
         outcome once that was answered (or, unaddressed in a group, let be)."""
-        from bot.voice import VoiceError
+        from bot.errors import VoiceError
 
         assert event.voice is not None
         problem, transcript = NOT_HEARD, None

@@ -12,17 +12,10 @@ from difflib import SequenceMatcher
 from pathlib import Path
 
 from bot.config import VoiceSpec
-from bot.voice import (
-    AudioQueue,
-    SentenceSplitter,
-    SpokenClip,
-    Synthesizer,
-    Transcriber,
-    Transcript,
-    encode_clip,
-    speakable,
-    whisper_base_dir,
-)
+from bot.voice.assets import whisper_base_dir
+from bot.voice.queue import AudioQueue
+from bot.voice.stt import Transcriber, Transcript
+from bot.voice.tts import SentenceSplitter, SpokenClip, Synthesizer, encode_clip, speakable
 
 log = logging.getLogger(__name__)
 

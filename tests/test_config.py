@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import BUNDLED_MODEL_ID, ConfigError, load_config, masked_dict, parse_config
+from bot.config import BUNDLED_MODEL_ID, load_config, masked_dict, parse_config
+from bot.errors import ConfigError
 
 GOOD = {
     "gateway": {

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from adapters.chunking import split_message
-from adapters.errors import PlatformUnavailable, RateLimited
+from bot.errors import PlatformUnavailable, RateLimited
 from adapters.lanes import ChatLanes, Job
 from adapters.streaming import Pacer, stream_by_editing, stream_by_preview
 from bot.events import ReplyFailed, ReplyPart, ReplyText

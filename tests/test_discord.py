@@ -29,7 +29,7 @@ from adapters.discord import (
     TOKEN_ENV,
     DiscordAdapter,
 )
-from adapters.errors import AdapterStartError
+from bot.errors import AdapterStartError
 from bot import cli
 from bot.config import BindingSpec, DiscordChannel
 from bot.events import ChatKind, InboundEvent, VoiceAttachment

@@ -13,16 +13,13 @@ from bot.providers import (
     ChatMessage,
     ChatProvider,
     Delta,
-    ModelNotFound,
-    ProviderTimeout,
-    ProviderUnavailable,
     StreamEnd,
-    StreamInterrupted,
     TextDelta,
     ToolCallDelta,
     ToolSpec,
     build_provider,
 )
+from bot.errors import ModelNotFound, ProviderTimeout, ProviderUnavailable, StreamInterrupted
 from tests.fakes.llm_backends import FakeOllama, FakeOpenAI, ScriptedReply, ToolCall
 
 MODEL = ModelSpec(id="llama3.2:3b", context_window=8192, max_tokens=64)

@@ -109,12 +109,12 @@ async def test_upgrade_from_the_previous_version_keeps_the_data(data_dir: Path) 
 async def test_a_binding_taken_out_of_the_config_is_revoked(store: Store) -> None:
     from bot.config import BindingSpec
     from bot.store.bindings import (
-        ConfigBinding,
         add_binding,
         list_bindings,
         remove_binding,
         seed_bindings,
     )
+    from bot.errors import ConfigBinding
 
     owner = BindingSpec(persona="admin", platform="telegram", chat_kind="dm", peer="1")
     friend = BindingSpec(persona="guest", platform="telegram", chat_kind="dm", peer="2")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from adapters.errors import AdapterStartError
+from bot.errors import AdapterStartError
 from adapters.telegram import TelegramAdapter
 from bot.config import BindingSpec, Config
 from bot.logs import setup_logging

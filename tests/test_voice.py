@@ -21,26 +21,13 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-import bot.voice as voice
-from bot.voice import (
-    AudioDecodeError,
-    AudioQueue,
-    SentenceSplitter,
-    SynthesisError,
-    Synthesizer,
-    Transcriber,
-    VoiceModelMissing,
-    decode_to_pcm16k,
-    duration_seconds,
-    encode_clip,
-    encode_ogg_opus,
-    ffmpeg_path,
-    probe,
-    resample_to_48k,
-    speakable,
-    to_wav,
-    waveform,
-)
+from bot.voice import assets, audio
+from bot.voice.assets import ffmpeg_path
+from bot.voice.audio import decode_to_pcm16k, duration_seconds, encode_ogg_opus, probe, resample_to_48k, to_wav, waveform
+from bot.voice.queue import AudioQueue
+from bot.voice.stt import Transcriber
+from bot.voice.tts import SentenceSplitter, Synthesizer, encode_clip, speakable
+from bot.errors import AudioDecodeError, AudioQueueClosed, SynthesisError, VoiceModelMissing
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -123,11 +110,12 @@ async def test_onnxruntime_keeps_no_telemetry_state(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import asyncio
-        import bot.voice as v
+        from bot.voice.stt import Transcriber
+        from bot.voice.tts import Synthesizer
 
         async def main() -> None:
-            clip = await v.Synthesizer().synthesize("Testing one two three.")
-            print((await v.Transcriber(vad_filter=True).transcribe(clip.ogg_opus)).text)
+            clip = await Synthesizer().synthesize("Testing one two three.")
+            print((await Transcriber(vad_filter=True).transcribe(clip.ogg_opus)).text)
 
         asyncio.run(main())
         """
@@ -421,7 +409,7 @@ async def test_waveform_is_at_most_256_levels() -> None:
     assert len(waveform(ramp[:200])) == 100
     assert waveform(bytes(960)) == bytes(256)
     assert waveform(b"") == b""
-    assert voice.waveform_base64(b"\x00\xff") == "AP8="
+    assert audio.waveform_base64(b"\x00\xff") == "AP8="
 
 
 # --- ffmpeg without a system install ------------------------------------------------
@@ -442,7 +430,7 @@ async def test_ffmpeg_from_imageio_works_without_a_system_ffmpeg(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("IMAGEIO_FFMPEG_EXE", raising=False)
-    path = voice.configure_pydub()
+    path = assets.configure_pydub()
     assert "imageio_ffmpeg" in path and await asyncio.to_thread(os.path.isfile, path)
     assert probe(encode_ogg_opus(speech_48k[: 48_000 * 2], backend="ffmpeg")).codec == "opus"
 
@@ -472,22 +460,22 @@ async def test_missing_piper_voice_is_reported(tmp_path: Path) -> None:
 
 
 async def test_bundled_weights_are_found() -> None:
-    assert (voice.whisper_tiny_en_dir() / "model.bin").is_file()
-    model, config = voice.piper_voice_paths()
+    assert (assets.whisper_tiny_en_dir() / "model.bin").is_file()
+    model, config = assets.piper_voice_paths()
     assert model.suffix == ".onnx" and config.name.endswith(".onnx.json")
 
 
 async def test_multilingual_base_model_is_assembled_once(tmp_path: Path, speech_48k: bytes) -> None:
-    folder = voice.whisper_base_dir(cache_dir=tmp_path)
+    folder = assets.whisper_base_dir(cache_dir=tmp_path)
     model_bin = folder / "model.bin"
     assert model_bin.stat().st_size == 145_217_532
     stamp = model_bin.stat().st_mtime_ns
-    assert voice.whisper_base_dir(cache_dir=tmp_path) == folder
+    assert assets.whisper_base_dir(cache_dir=tmp_path) == folder
     assert model_bin.stat().st_mtime_ns == stamp
 
     with model_bin.open("r+b") as damaged:
         damaged.truncate(1000)
-    assert voice.whisper_base_dir(cache_dir=tmp_path) == folder
+    assert assets.whisper_base_dir(cache_dir=tmp_path) == folder
     assert model_bin.stat().st_size == 145_217_532
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
 
@@ -700,7 +688,7 @@ async def test_queue_skips_jobs_whose_caller_gave_up_and_close_cancels_the_rest(
     await queue.close()
     assert running.cancelled() and pending.cancelled()
     assert log == ["start a"]
-    with pytest.raises(voice.AudioQueueClosed):
+    with pytest.raises(AudioQueueClosed):
         await queue.submit(_job("d", log))
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from bot.service import Service, open_service
-from bot.voice import SpokenClip, Synthesizer, Transcriber, probe
+from bot.voice.audio import probe
+from bot.voice.stt import Transcriber
+from bot.voice.tts import SpokenClip, Synthesizer
 from tests.conftest import ollama_config
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from bot.config import Config
-from bot.voice import SpokenClip, Synthesizer, Transcriber, probe
+from bot.voice.audio import probe
+from bot.voice.stt import Transcriber
+from bot.voice.tts import SpokenClip, Synthesizer
 from tests.conftest import make_config
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.fakes.telegram import FakeTelegram

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
 from bot.config import GenerationParams, ModelSpec
+from bot.errors import ProviderTimeout
 
 
 @dataclass(frozen=True)
@@ -45,32 +46,6 @@ class StreamEnd:
 
 
 Delta = TextDelta | ToolCallDelta | StreamEnd
-
-
-class ProviderError(Exception):
-    """A backend failure. `str()` is for the log; `user_message` is for the person chatting."""
-
-    user_message = "Something went wrong while talking to the model. Please try again."
-
-
-class ProviderUnavailable(ProviderError):
-    user_message = "The model isn't reachable right now. Please try again in a moment."
-
-
-class ProviderTimeout(ProviderError):
-    user_message = "The model took too long to answer. Please try again."
-
-
-class StreamInterrupted(ProviderError):
-    user_message = "The model stopped in the middle of its reply. Please try again."
-
-
-class ModelNotFound(ProviderError):
-    user_message = "The configured model isn't available. The owner needs to check the setup."
-
-
-class ContextOverflow(ProviderError):
-    user_message = "That was too long for the model to read at once. Try something shorter."
 
 
 class ChatProvider(Protocol):

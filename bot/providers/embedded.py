@@ -19,14 +19,12 @@ from typing import Any, Protocol
 from bot.config import GenerationParams, ModelSpec, ProviderSpec
 from bot.providers.base import (
     ChatMessage,
-    ContextOverflow,
     Delta,
-    ModelNotFound,
-    ProviderError,
     StreamEnd,
     TextDelta,
     ToolSpec,
 )
+from bot.errors import ContextOverflow, ModelNotFound, ProviderError
 from bot.providers.bundled import bundled_model_path
 
 log = logging.getLogger(__name__)

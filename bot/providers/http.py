@@ -11,13 +11,9 @@ import httpx
 
 from bot.config import ProviderSpec
 from bot.providers.base import (
-    ModelNotFound,
-    ProviderError,
-    ProviderTimeout,
-    ProviderUnavailable,
-    StreamInterrupted,
     next_within,
 )
+from bot.errors import ModelNotFound, ProviderError, ProviderTimeout, ProviderUnavailable, StreamInterrupted
 
 
 class HttpBackend:

@@ -10,11 +10,11 @@ from bot.providers.base import (
     ChatMessage,
     Delta,
     StreamEnd,
-    StreamInterrupted,
     TextDelta,
     ToolCallDelta,
     ToolSpec,
 )
+from bot.errors import StreamInterrupted
 from bot.providers.http import HttpBackend, int_or_none, parse_json_line
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"

@@ -1,5 +1,5 @@
 """Everything hearthbot keeps: bindings, the inbox, conversation history and turn records."""
 
-from bot.store.db import Store, StoreError
+from bot.store.db import Store
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["Store"]

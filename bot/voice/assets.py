@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .errors import VoiceModelMissing
+from bot.errors import VoiceModelMissing
 
 WHISPER_BASE_MODEL_BIN_SIZE = 145_217_532
 """Size of the assembled Whisper base model.bin (the packages ship no checksum)."""

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .assets import configure_pydub
-from .errors import AudioDecodeError, SynthesisError
+from bot.errors import AudioDecodeError, SynthesisError
 
 WHISPER_RATE = 16_000
 VOICE_NOTE_RATE = 48_000

@@ -28,6 +28,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from bot.errors import AudioQueueClosed
 
 T = TypeVar("T")
 
@@ -44,10 +45,6 @@ class _Entry:
 class _Hold:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
-
-
-class AudioQueueClosed(RuntimeError):
-    """`submit` was called after `close()`."""
 
 
 class AudioQueue:

@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from .assets import whisper_tiny_en_dir
 from .audio import WHISPER_RATE, decode_to_pcm16k
-from .errors import TranscriptionError, VoiceModelMissing
+from bot.errors import TranscriptionError, VoiceModelMissing
 
 
 @dataclass(frozen=True, slots=True)

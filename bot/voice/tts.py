@@ -27,7 +27,7 @@ from .audio import (
     resample_to_48k,
     waveform,
 )
-from .errors import SynthesisError, VoiceError, VoiceModelMissing
+from bot.errors import SynthesisError, VoiceError, VoiceModelMissing
 
 if TYPE_CHECKING:
     from piper import PiperVoice

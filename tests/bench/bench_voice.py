@@ -26,7 +26,9 @@ except ImportError:
     # Run from a checkout without installing it: make the repository importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bot.voice import SpokenClip, Synthesizer, Transcriber, whisper_base_available, whisper_base_dir
+from bot.voice.assets import whisper_base_available, whisper_base_dir
+from bot.voice.stt import Transcriber
+from bot.voice.tts import SpokenClip, Synthesizer
 
 TEXT = "Good morning. You have three new messages, and it will rain after lunch today."
 

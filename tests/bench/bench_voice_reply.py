@@ -18,7 +18,7 @@ from pathlib import Path
 
 from adapters.telegram import TelegramAdapter
 from bot.service import open_service
-from bot.voice import Synthesizer
+from bot.voice.tts import Synthesizer
 from tests.conftest import make_config
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.fakes.telegram import Call, FakeTelegram

@@ -9,16 +9,12 @@ Q4_1, Q8_0) or float ones; it is exercised on SmolLM2's Q4_1 file (whose embeddi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, cast
 
 import mlx.core as mx
 
-# transformers and huggingface_hub read these when first imported; set before that, they keep
-# the tokenizer conversion from trying the hub for anything it does not find on disk.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+import bot  # noqa: F401  (keeps transformers and the hub offline; see bot/__init__.py)
 
 # GGUF module name -> Hugging Face Llama module name (the part before .weight/.scales/.biases).
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
