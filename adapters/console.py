@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
 from bot.events import ChatKind, InboundEvent, ReplyFailed, ReplyPart, ReplyText
-from bot.gateway import Gateway, TurnResult
+from bot.gateway import Gateway
+from bot.turn import TurnResult
 
 PLATFORM = "console"
 OWNER = "owner"  # bound to the admin persona by the default config

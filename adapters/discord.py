@@ -15,10 +15,8 @@ import asyncio
 import base64
 import io
 import logging
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,16 +24,15 @@ import aiohttp
 import discord
 
 from adapters.chunking import without_gaps
-from bot.errors import AdapterStartError, DeliveryError, PlatformUnavailable, RateLimited
-from adapters.lanes import ChatLanes, Job
+from adapters.intake import Intake, bot_token
 from adapters.streaming import (
     ChatPacers,
     Pacer,
-    deliver_surely,
+    deliver_voice_note,
     stream_by_editing,
-    typing_while,
 )
 from bot.config import DiscordChannel
+from bot.errors import AdapterStartError, DeliveryError, PlatformUnavailable, RateLimited
 from bot.events import ChatKind, InboundEvent, ReplyPart, VoiceAttachment
 from bot.gateway import Gateway
 
@@ -52,7 +49,6 @@ TOKEN_ENV = "DISCORD_BOT_TOKEN"
 LIBRARY_WAIT_LIMIT = 30.0
 CLOSE_AUTHENTICATION_FAILED = 4004
 
-NO_TOKEN = f"Discord needs a bot token: set channels.discord.token or {TOKEN_ENV}."
 BAD_TOKEN = f"Discord rejected the bot token; check channels.discord.token or {TOKEN_ENV}."
 MISSING_INTENT = (
     "Discord refused the privileged Message Content intent: enable it for this bot in the "
@@ -151,14 +147,6 @@ async def _download_again(client: discord.Client, event: InboundEvent, ref: str)
         if str(attachment.id) == ref:
             return await _download(attachment)
     raise DeliveryError(f"voice message {event.message_id} has no attachment {ref} any more")
-
-
-def _refetchable(client: discord.Client, event: InboundEvent) -> InboundEvent:
-    """An event read back from the inbox, its voice message fetchable again."""
-    if event.voice is None:
-        return event
-    fetch = partial(_download_again, client, event, event.voice.ref)
-    return replace(event, voice=replace(event.voice, fetch=fetch))
 
 
 async def _translated(call: Awaitable[T]) -> T:
@@ -266,26 +254,25 @@ class DiscordAdapter:
         # discord.py waits this long after the last GUILD_CREATE before on_ready.
         self.guild_ready_timeout = guild_ready_timeout
         self.client: discord.Client | None = None
-        self._lanes = ChatLanes()
         self._pacers = ChatPacers()
-        self._intake = asyncio.Lock()
-        # Jobs held until the first on_ready; None once they have been handed to the lanes.
-        self._held: list[tuple[str, Job]] | None = []
+        self._intake = self._new_intake()
 
-    def _token(self) -> str:
-        token = (self.channel.token or os.environ.get(TOKEN_ENV, "")).strip()
-        if not token:
-            raise AdapterStartError(NO_TOKEN)
-        return token
+    def _new_intake(self) -> Intake:
+        # Answers wait for the first on_ready: before it, sends could race the session.
+        return Intake(PLATFORM, self.gateway, self.deliver, self.deliver_voice, hold=True)
+
+    async def idle(self) -> None:
+        """Wait until every message taken in so far has been answered."""
+        await self._intake.idle()
 
     async def serve(self) -> None:
-        token = self._token()
+        token = bot_token(PLATFORM, self.channel.token, TOKEN_ENV)
         client = _Client(
             self, intents=intents_for(self.channel), max_ratelimit_timeout=LIBRARY_WAIT_LIMIT,
             # Model output must never ping @everyone, a role or a user.
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=self.guild_ready_timeout)
-        self.client, self._held = client, []
+        self.client, self._intake = client, self._new_intake()
         try:
             async with client:
                 try:
@@ -293,7 +280,7 @@ class DiscordAdapter:
                 finally:
                     # Stop answering before the connection goes: a reply cut short stays in
                     # the inbox for the next start instead of failing on a closed session.
-                    await self._lanes.close()
+                    await self._intake.close()
         except discord.LoginFailure as exc:
             raise AdapterStartError(BAD_TOKEN) from exc
         except discord.PrivilegedIntentsRequired as exc:
@@ -310,17 +297,12 @@ class DiscordAdapter:
     async def logged_in(self, client: discord.Client) -> None:
         """After login, before the gateway connects: nothing of this run is in the inbox yet,
         so what is unanswered there is exactly what the last run left behind."""
-        for inbox_id, event in await self.gateway.pending(PLATFORM):
-            log.info("discord: will resume unanswered message %s", event.message_id)
-            self._queue(inbox_id, _refetchable(client, event))
+        await self._intake.resume(partial(_download_again, client))
 
     def connected(self, client: discord.Client) -> None:
         """on_ready: fires again after every fresh IDENTIFY, but hands over held jobs once."""
-        held, self._held = self._held, None
-        if held is None:
+        if not self._intake.release():
             return
-        for chat_id, job in held:
-            self._lanes.submit(chat_id, job)
         log.info("discord: connected as %s in %d servers", client.user, len(client.guilds))
         self.ready.set()
 
@@ -331,38 +313,22 @@ class DiscordAdapter:
         except Exception:
             log.exception("discord: could not read message %s; skipped", message.id)
             return
-        if event is None:
-            return
-        # asyncio.Lock wakes waiters first come, first served: arrival order is kept.
-        async with self._intake:
-            inbox_id = await self.gateway.accept(event)
-            if inbox_id is not None:
-                self._queue(inbox_id, event)
+        if event is not None:
+            await self._intake.take(event)
 
-    def _queue(self, inbox_id: int, event: InboundEvent) -> None:
-        # Unaddressed guild messages go the same way: Gateway.answer marks them ignored
-        # without calling the model or delivering anything.
-        job = partial(self.gateway.answer, inbox_id, event, self.deliver, self.deliver_voice)
-        if self._held is not None:
-            self._held.append((event.chat_id, job))
-        else:
-            self._lanes.submit(event.chat_id, job)
-
-    async def deliver(self, event: InboundEvent, reply: AsyncIterator[ReplyPart]) -> None:
+    def _client(self) -> discord.Client:
         if self.client is None:
             raise DeliveryError("the Discord client is not running")
-        await stream_by_editing(reply, self._chat(self.client, event), self._pacer(event))
+        return self.client
+
+    async def deliver(self, event: InboundEvent, reply: AsyncIterator[ReplyPart]) -> None:
+        await stream_by_editing(reply, self._chat(self._client(), event), self._pacer(event))
 
     async def deliver_voice(self, event: InboundEvent,
                             clip: Awaitable[SpokenClip | None]) -> None:
-        if self.client is None:
-            raise DeliveryError("the Discord client is not running")
-        client = self.client
-        async with typing_while(self._chat(client, event).typing):
-            spoken = await clip
-        if spoken is not None:
-            await deliver_surely(self._pacer(event),
-                                 partial(self._send_voice, client, event, spoken))
+        client = self._client()
+        await deliver_voice_note(clip, self._pacer(event), self._chat(client, event).typing,
+                                 partial(self._send_voice, client, event))
 
     async def _send_voice(self, client: discord.Client, event: InboundEvent,
                           spoken: SpokenClip) -> None:

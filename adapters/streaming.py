@@ -18,11 +18,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from adapters.chunking import split_message
 from bot.errors import DeliveryError, PlatformUnavailable, RateLimited
 from bot.events import ReplyFailed, ReplyPart, ReplyText
+
+if TYPE_CHECKING:
+    from bot.voice.tts import SpokenClip
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,17 @@ async def typing_while(action: Callable[[], Awaitable[object]] | None) -> AsyncI
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def deliver_voice_note(clip: Awaitable[SpokenClip | None], pacer: Pacer,
+                             recording: Callable[[], Awaitable[object]],
+                             send: Callable[[SpokenClip], Awaitable[object]]) -> None:
+    """Show `recording` while the clip is being made, then send it for sure (if anything was
+    speakable)."""
+    async with typing_while(recording):
+        spoken = await clip
+    if spoken is not None:
+        await deliver_surely(pacer, partial(send, spoken))
 
 
 class EditableChat(Protocol[Handle]):

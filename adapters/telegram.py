@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
@@ -26,20 +24,27 @@ from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, T
 from telegram.request import HTTPXRequest
 
 from adapters.chunking import without_gaps
-from bot.errors import AdapterStartError, DeliveryError, FormattingRejected, PlatformUnavailable, RateLimited
-from adapters.lanes import ChatLanes
+from adapters.intake import Intake, bot_token
 from adapters.streaming import (
     ChatPacers,
     Pacer,
-    deliver_surely,
+    deliver_voice_note,
     stream_by_editing,
     stream_by_preview,
-    typing_while,
 )
 from adapters.telegram_format import to_telegram_html
+from bot.commands import listed
 from bot.config import TelegramChannel
+from bot.errors import (
+    AdapterStartError,
+    DeliveryError,
+    FormattingRejected,
+    NotModified,
+    PlatformUnavailable,
+    RateLimited,
+)
 from bot.events import ChatKind, InboundEvent, ReplyPart, VoiceAttachment
-from bot.gateway import COMMANDS, Gateway
+from bot.gateway import Gateway
 
 if TYPE_CHECKING:
     from bot.voice.tts import SpokenClip
@@ -125,8 +130,11 @@ async def _translated(call: Awaitable[T]) -> T:
         raise RateLimited(wait.total_seconds() if isinstance(wait, timedelta) else float(wait),
                           "by Telegram") from exc
     except BadRequest as exc:
-        if "can't parse entities" in exc.message.lower():
+        problem = exc.message.lower()
+        if "can't parse entities" in problem:
             raise FormattingRejected(exc.message) from exc
+        if "message is not modified" in problem:
+            raise NotModified(exc.message) from exc
         raise DeliveryError(exc.message) from exc
     except InvalidToken as exc:
         raise DeliveryError("the bot token was rejected") from exc
@@ -174,12 +182,9 @@ class TelegramChat:
 
     async def edit(self, handle: int, text: str, final: bool) -> None:
         async def attempt(body: str, parse_mode: str | None) -> None:
-            try:
+            with contextlib.suppress(NotModified):
                 await _translated(self.bot.edit_message_text(
                     body, chat_id=self.chat_id, message_id=handle, parse_mode=parse_mode))
-            except DeliveryError as exc:
-                if "message is not modified" not in str(exc).lower():
-                    raise
 
         await _formatted(attempt, text, final)
 
@@ -197,7 +202,7 @@ class TelegramAdapter:
         self.channel = channel
         self.gateway = gateway
         self.ready = asyncio.Event()
-        self._lanes = ChatLanes()
+        self._intake = Intake(PLATFORM, gateway, self.deliver, self.deliver_voice)
         self._pacers = ChatPacers()
         self._bot: Bot | None = None
         # The next update wanted; asking for it acknowledges everything before it.
@@ -205,19 +210,12 @@ class TelegramAdapter:
 
     async def idle(self) -> None:
         """Wait until every message taken in so far has been answered."""
-        await self._lanes.idle()
-
-    def _token(self) -> str:
-        token = (self.channel.token or os.environ.get("TELEGRAM_BOT_TOKEN", "")).strip()
-        if not token:
-            raise AdapterStartError("Telegram needs a bot token: set channels.telegram.token "
-                                    "or TELEGRAM_BOT_TOKEN.")
-        return token
+        await self._intake.idle()
 
     async def serve(self) -> None:
         poll_timeout = self.channel.poll_timeout
         bot = Bot(
-            self._token(),
+            bot_token(PLATFORM, self.channel.token, "TELEGRAM_BOT_TOKEN"),
             base_url=self.channel.api_base_url,
             base_file_url=self.channel.file_base_url,
             request=HTTPXRequest(connection_pool_size=32, read_timeout=30.0),
@@ -237,7 +235,7 @@ class TelegramAdapter:
             log.info("telegram: polling as @%s", bot.username)
             await self._poll(bot, poll_timeout)
         finally:
-            await self._lanes.close()
+            await self._intake.close()
             if self._offset is not None:
                 # Acknowledge what was stored, so a restart is not sent it again; anything
                 # unanswered is resumed from the inbox.
@@ -248,9 +246,8 @@ class TelegramAdapter:
     async def _prepare(self, bot: Bot) -> None:
         await bot.delete_webhook(drop_pending_updates=False)
         with contextlib.suppress(TelegramError):
-            await bot.set_my_commands([BotCommand(c.name, c.help[:256]) for c in COMMANDS])
-        for inbox_id, event in await self.gateway.pending(PLATFORM):
-            self._answer_later(inbox_id, self._revive(event))
+            await bot.set_my_commands([BotCommand(c.name, c.help[:256]) for c in listed()])
+        await self._intake.resume(lambda _event, file_id: self._fetch_file(file_id))
 
     async def _poll(self, bot: Bot, poll_timeout: int) -> None:
         failures = 0
@@ -283,28 +280,16 @@ class TelegramAdapter:
         except Exception:
             log.exception("telegram: could not read update %s; skipped", update.update_id)
             return
-        if event is None:
-            return
-        inbox_id = await self.gateway.accept(event)
-        if inbox_id is not None:
-            self._answer_later(inbox_id, event)
+        if event is not None:
+            await self._intake.take(event)
 
-    def _answer_later(self, inbox_id: int, event: InboundEvent) -> None:
-        # The chat's lane keeps turns in order: a second voice note is heard only after the
-        # reply to the first, spoken part included, has been delivered.
-        self._lanes.submit(event.chat_id, partial(self.gateway.answer, inbox_id, event,
-                                                  self.deliver, self.deliver_voice))
-
-    def _revive(self, event: InboundEvent) -> InboundEvent:
-        """A stored event's voice note, fetchable again by its file id."""
-        if event.voice is None:
-            return event
-        return replace(event, voice=replace(event.voice,
-                                            fetch=partial(self._fetch_file, event.voice.ref)))
+    def _client(self) -> Bot:
+        if self._bot is None:
+            raise DeliveryError("the Telegram client is not running")
+        return self._bot
 
     async def _fetch_file(self, file_id: str) -> bytes:
-        assert self._bot is not None
-        file = await _translated(self._bot.get_file(file_id))
+        file = await _translated(self._client().get_file(file_id))
         return bytes(await _translated(file.download_as_bytearray()))
 
     def _pacer(self, event: InboundEvent) -> Pacer:
@@ -314,31 +299,26 @@ class TelegramAdapter:
 
     async def deliver_voice(self, event: InboundEvent,
                             clip: Awaitable[SpokenClip | None]) -> None:
-        assert self._bot is not None
-        bot, chat_id = self._bot, int(event.chat_id)
+        bot, chat_id = self._client(), int(event.chat_id)
+        reply_to = None if event.chat_kind is ChatKind.DM else int(event.message_id)
+
         async def recording() -> None:
             await _translated(bot.send_chat_action(chat_id, ChatAction.RECORD_VOICE))
 
-        async with typing_while(recording):
-            spoken = await clip
-        if spoken is None:
-            return
-        reply_to = None if event.chat_kind is ChatKind.DM else int(event.message_id)
-
-        async def send() -> None:
+        async def send(spoken: SpokenClip) -> None:
             await _translated(bot.send_chat_action(chat_id, ChatAction.UPLOAD_VOICE))
             await _translated(bot.send_voice(
                 chat_id, voice=spoken.ogg_opus, duration=round(spoken.duration),
                 filename="reply.ogg", reply_to_message_id=reply_to,
                 allow_sending_without_reply=True))
 
-        await deliver_surely(self._pacer(event), send)
+        await deliver_voice_note(clip, self._pacer(event), recording, send)
 
     async def deliver(self, event: InboundEvent, reply: AsyncIterator[ReplyPart]) -> None:
-        assert self._bot is not None
+        bot = self._client()
         if event.chat_kind is ChatKind.DM:
-            chat = TelegramChat(self._bot, int(event.chat_id), reply_to=None)
+            chat = TelegramChat(bot, int(event.chat_id), reply_to=None)
             await stream_by_preview(reply, chat, self._pacer(event))
         else:
-            chat = TelegramChat(self._bot, int(event.chat_id), reply_to=int(event.message_id))
+            chat = TelegramChat(bot, int(event.chat_id), reply_to=int(event.message_id))
             await stream_by_editing(reply, chat, self._pacer(event))

@@ -19,13 +19,19 @@ from bot.config import (
     load_config,
     masked_dict,
 )
-from bot.errors import ConfigError
+from bot.errors import (
+    AdapterStartError,
+    ConfigBinding,
+    ConfigError,
+    HearthbotError,
+    ProviderError,
+    VoiceError,
+)
 from bot.logs import setup_logging
-from bot.errors import StoreError
 
 if TYPE_CHECKING:
-    from bot.gateway import TurnResult
     from bot.store.bindings import Binding
+    from bot.turn import TurnResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -45,9 +51,11 @@ def _parser() -> argparse.ArgumentParser:
                              "~/.local/share/hearthbot)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("run", help="start the service with the configured chat platforms")
+    run = commands.add_parser("run", help="start the service with the configured chat platforms")
+    run.set_defaults(handler=_run)
 
     chat = commands.add_parser("chat", help="chat in this terminal")
+    chat.set_defaults(handler=_chat)
     chat.add_argument("--as", dest="who", choices=("owner", "guest"), default="owner",
                       help="talk as the owner (admin persona, the default) or as a guest")
     chat.add_argument("--once", metavar="TEXT", help="send one message, print the reply, exit")
@@ -57,10 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="inspect the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate and print the effective config")
+    check.set_defaults(handler=_config_check)
     check.add_argument("config_file", nargs="?", type=Path, metavar="FILE",
                        help="the file to check")
 
     bind = commands.add_parser("bind", help="give a persona to matching chats")
+    bind.set_defaults(handler=_bind)
     bind.add_argument("--platform", required=True, help="telegram, discord, console, ...")
     bind.add_argument("--persona", required=True, help="a persona (agents.instances) name")
     bind.add_argument("--chat-kind", choices=("dm", "group"), help="only DMs or only groups")
@@ -70,19 +80,24 @@ def _parser() -> argparse.ArgumentParser:
     bind.add_argument("--note", default="", help="a reminder of why this binding exists")
 
     unbind = commands.add_parser("unbind", help="remove a binding by its id")
+    unbind.set_defaults(handler=_unbind)
     unbind.add_argument("id", type=int)
 
-    commands.add_parser("pair", help="print a one-hour code that makes a DM the owner's")
+    pair = commands.add_parser("pair", help="print a one-hour code that makes a DM the owner's")
+    pair.set_defaults(handler=_pair)
 
     transcribe = commands.add_parser("transcribe",
                                      help="print what a voice note or audio file says")
+    transcribe.set_defaults(handler=_transcribe)
     transcribe.add_argument("file", type=Path)
 
     say = commands.add_parser("say", help="speak text into an OGG/Opus voice note")
+    say.set_defaults(handler=_say)
     say.add_argument("text")
     say.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
 
     bindings = commands.add_parser("bindings", help="list the binding table")
+    bindings.set_defaults(handler=_list_bindings)
     bindings.add_argument("--platform")
     return parser
 
@@ -92,23 +107,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
-        print(f"hearthbot: {exc}", file=sys.stderr)
+        print(f"hearthbot: {exc.user_message}", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "config":
-        print(json.dumps(masked_dict(config), indent=2))
-        print("config is valid", file=sys.stderr)
-        return EXIT_OK
+    if args.handler is _config_check:  # nothing to open, nothing to log
+        checked: int = _config_check(config)
+        return checked
     # Only the long-running service logs to the terminal (or the journal); commands a person
     # types keep their output clean and log to the file.
     serving = args.command == "run" and bool(config.channels_enabled)
     setup_logging(config.gateway.log_level, config.secrets(), config.data_path() / "logs",
                   to_stderr=serving)
     try:
-        return asyncio.run(_dispatch(args, config))
+        status: int = asyncio.run(args.handler(config, args))
+        return status
     except KeyboardInterrupt:
         return 130
-    except StoreError as exc:
-        print(f"hearthbot: {exc}", file=sys.stderr)
+    except HearthbotError as exc:
+        log.error("%s", exc, exc_info=True)
+        print(f"hearthbot: {exc.user_message}", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -126,25 +142,17 @@ def _with_data_dir(config: Config, data_dir: Path) -> Config:
     return replace(config, data_dir=str(data_dir))
 
 
-async def _dispatch(args: argparse.Namespace, config: Config) -> int:
-    if args.command == "chat":
-        return await _chat(config, args.who, args.once, args.stats)
-    if args.command == "run":
-        return await _run(config)
-    if args.command == "bind":
-        return await _bind(config, args)
-    if args.command == "unbind":
-        return await _unbind(config, args.id)
-    if args.command == "pair":
-        return await _pair(config)
-    if args.command == "transcribe":
-        return await _transcribe(config, args.file)
-    if args.command == "say":
-        return await _say(config, args.text, args.output)
-    return await _list_bindings(config, args.platform)
+def _config_check(config: Config) -> int:
+    print(json.dumps(masked_dict(config), indent=2))
+    print("config is valid", file=sys.stderr)
+    return EXIT_OK
 
 
-async def _chat(config: Config, who: str, once: str | None, stats: bool = False) -> int:
+async def _chat(config: Config, args: argparse.Namespace) -> int:
+    return await _terminal_chat(config, args.who, args.once, args.stats)
+
+
+async def _terminal_chat(config: Config, who: str, once: str | None, stats: bool = False) -> int:
     from adapters.console import ConsoleChat
     from bot.service import open_service
 
@@ -158,7 +166,7 @@ async def _chat(config: Config, who: str, once: str | None, stats: bool = False)
                 _print_stats(result)
             return EXIT_OK if result.answered else EXIT_FAILED
         console = ConsoleChat(service.gateway, sender=who)
-        resolution = await service.gateway.persona_for(console.event(""))
+        resolution = await service.gateway.resolve(console.event(""))
         persona = service.gateway.personas[resolution.persona]
         print(f"hearthbot: chatting as {who} with the {persona.name} persona on "
               f"{service.models.target(persona.model).label}.", file=sys.stderr)
@@ -173,18 +181,16 @@ async def _chat(config: Config, who: str, once: str | None, stats: bool = False)
         return EXIT_OK
 
 
-async def _run(config: Config) -> int:
+async def _run(config: Config, args: argparse.Namespace) -> int:
     if not config.channels_enabled:
         if sys.stdin.isatty():
             print("No chat platforms are configured; opening the terminal chat instead.",
                   file=sys.stderr)
-            return await _chat(config, "owner", None)
+            return await _terminal_chat(config, "owner", None)
         print("No chat platforms are configured (see the channels section of the config); "
               "nothing to run.", file=sys.stderr)
         return EXIT_USAGE
     from adapters import build_adapters
-    from bot.errors import AdapterStartError
-    from bot.errors import ProviderError
     from bot.service import open_service
 
     async with open_service(config) as service:
@@ -249,7 +255,7 @@ async def _bind(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _pair(config: Config) -> int:
+async def _pair(config: Config, args: argparse.Namespace) -> int:
     from bot.pairing import CODE_LIFETIME, create_code, display
     from bot.service import open_store
 
@@ -261,9 +267,9 @@ async def _pair(config: Config) -> int:
     return EXIT_OK
 
 
-async def _transcribe(config: Config, file: Path) -> int:
-    from bot.speech import Speech
-    from bot.errors import VoiceError
+async def _transcribe(config: Config, args: argparse.Namespace) -> int:
+    file: Path = args.file
+    from bot.voice.speech import Speech
 
     try:
         data = await asyncio.to_thread(file.read_bytes)
@@ -286,9 +292,10 @@ async def _transcribe(config: Config, file: Path) -> int:
     return EXIT_OK
 
 
-async def _say(config: Config, text: str, output: Path) -> int:
-    from bot.speech import Speech
-    from bot.errors import VoiceError
+async def _say(config: Config, args: argparse.Namespace) -> int:
+    text: str = args.text
+    output: Path = args.output
+    from bot.voice.speech import Speech
 
     speech = Speech(config.voice)
     speaker = speech.speaker()
@@ -312,17 +319,16 @@ async def _say(config: Config, text: str, output: Path) -> int:
     return EXIT_OK
 
 
-async def _unbind(config: Config, binding_id: int) -> int:
+async def _unbind(config: Config, args: argparse.Namespace) -> int:
+    binding_id: int = args.id
     from bot.service import open_store
     from bot.store.bindings import remove_binding
-    from bot.errors import ConfigBinding
 
     async with open_store(config) as store:
         try:
             removed = await remove_binding(store, binding_id)
-        except ConfigBinding:
-            print(f"hearthbot: binding {binding_id} comes from the config file "
-                  "(agents.bindings); remove it there", file=sys.stderr)
+        except ConfigBinding as exc:
+            print(f"hearthbot: {exc.user_message}", file=sys.stderr)
             return EXIT_USAGE
     if removed is None:
         print(f"hearthbot: there is no binding {binding_id}", file=sys.stderr)
@@ -331,7 +337,8 @@ async def _unbind(config: Config, binding_id: int) -> int:
     return EXIT_OK
 
 
-async def _list_bindings(config: Config, platform: str | None) -> int:
+async def _list_bindings(config: Config, args: argparse.Namespace) -> int:
+    platform: str | None = args.platform
     from bot.service import open_store
     from bot.store.bindings import list_bindings
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
 from bot.errors import ConfigError
 
 BUNDLED_MODEL_ID = "smollm2-135m-instruct"

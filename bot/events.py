@@ -8,6 +8,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 
+class MessageStatus(StrEnum):
+    """Where an inbound message stands; the inbox, the turn record and the gateway share it."""
+
+    RECEIVED = "received"  # stored, not yet answered
+    ANSWERED = "answered"
+    FAILED = "failed"  # answered with a plain sentence about what went wrong
+    IGNORED = "ignored"  # not addressed to the bot (a group message without a mention)
+    DUPLICATE = "duplicate"  # seen before; never stored twice, never answered twice
+
+
 class ChatKind(StrEnum):
     DM = "dm"
     GROUP = "group"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from bot.config import Config
 from bot.gateway import Gateway
-from bot.residency import ModelHost
+from bot.model_host import ModelHost
 from bot.store import Store
 from bot.store.bindings import seed_bindings
 from persona import build_personas
@@ -44,7 +44,7 @@ async def open_service(config: Config, *, voice: bool = True) -> AsyncIterator[S
         models = ModelHost(config)
         speech = None
         if voice:
-            from bot.speech import Speech
+            from bot.voice.speech import Speech
 
             speech = Speech(config.voice)
             speech.preload()

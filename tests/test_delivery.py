@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from adapters.chunking import split_message
-from bot.errors import PlatformUnavailable, RateLimited
 from adapters.lanes import ChatLanes, Job
 from adapters.streaming import Pacer, stream_by_editing, stream_by_preview
+from bot.errors import PlatformUnavailable, RateLimited
 from bot.events import ReplyFailed, ReplyPart, ReplyText
 
 FENCE = "`" * 3

@@ -24,15 +24,14 @@ import pytest
 from adapters.discord import (
     BAD_TOKEN,
     MISSING_INTENT,
-    NO_TOKEN,
     TEXT_LIMIT,
     TOKEN_ENV,
     DiscordAdapter,
 )
-from bot.errors import AdapterStartError
 from bot import cli
 from bot.config import BindingSpec, DiscordChannel
-from bot.events import ChatKind, InboundEvent, VoiceAttachment
+from bot.errors import AdapterStartError
+from bot.events import ChatKind, InboundEvent, MessageStatus, VoiceAttachment
 from bot.service import Service
 from bot.store import inbox
 from bot.store.bindings import add_binding
@@ -127,7 +126,7 @@ async def state(service: Service, msg: Json) -> str | None:
 async def settled(service: Service, msg: Json, within: float = WAIT_LIMIT) -> str:
     """The message's inbox state once the adapter is done with it (answered, ignored...)."""
     deadline = time.monotonic() + within
-    while (current := await state(service, msg)) in (None, inbox.RECEIVED):
+    while (current := await state(service, msg)) in (None, MessageStatus.RECEIVED):
         if time.monotonic() > deadline:
             raise TimeoutError(f"message {msg['content']!r} is still {current}")
         await asyncio.sleep(0.01)
@@ -142,7 +141,7 @@ async def barrier(fake: FakeDiscord, service: Service) -> None:
     """
     marker = fake.guild_message(author_id=BYSTANDER_ID, author_name="bystander",
                                 content="just chatting")
-    assert await settled(service, marker) == inbox.IGNORED
+    assert await settled(service, marker) == MessageStatus.IGNORED
 
 
 def bot_messages(fake: FakeDiscord, channel_id: int) -> list[Json]:
@@ -243,7 +242,7 @@ async def test_dm_from_the_bound_owner_gets_admin(fake: FakeDiscord, service: Se
                                                   fake_ollama: FakeOllama) -> None:
     async with serving(service):
         msg = fake.dm(author_id=fake.owner_id, author_name="owner", content="status?")
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
     assert system_prompt(fake_ollama) == ADMIN_PROMPT
     assert user_text(fake_ollama) == "status?"
     dm = fake.dm_channel_id(fake.owner_id)
@@ -257,7 +256,7 @@ async def test_dm_from_a_stranger_gets_guest(fake: FakeDiscord, service: Service
                                              fake_ollama: FakeOllama) -> None:
     async with serving(service):
         msg = fake.dm(author_id=STRANGER_ID, author_name="stranger", content="hi")
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
     assert system_prompt(fake_ollama) == GUEST_PROMPT
     assert [m["content"] for m in bot_messages(fake, fake.dm_channel_id(STRANGER_ID))] == [
         "Hello there."]
@@ -271,7 +270,7 @@ async def test_guild_mention_gets_a_guest_reply_referencing_the_message(
         # The owner is admin in a DM only; in a server the bot is always the guest.
         msg = fake.guild_message(author_id=fake.owner_id, author_name="owner",
                                  content="what is 2+2?", mention_bot=True)
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
     assert system_prompt(fake_ollama) == GUEST_PROMPT
     assert user_text(fake_ollama) == "what is 2+2?"  # the mention itself is not the question
     (event,) = events
@@ -292,7 +291,7 @@ async def test_guild_message_without_mention_gets_nothing(
     async with serving(service, message_content_intent=True):
         msg = fake.guild_message(author_id=STRANGER_ID, author_name="stranger",
                                  content="anyone around?")
-        assert await settled(service, msg) == inbox.IGNORED
+        assert await settled(service, msg) == MessageStatus.IGNORED
     assert chat_requests(fake_ollama) == 0
     assert fake.calls_to("POST", f"/channels/{fake.channel_id}/typing") == []
     assert fake.calls_to("POST", f"/channels/{fake.channel_id}/messages") == []
@@ -308,7 +307,7 @@ async def test_everyone_and_a_reply_to_someone_else_do_not_address_the_bot(
                     "mention_everyone": True}
         fake.dispatch("MESSAGE_CREATE", everyone)
         for msg in (other, reply, everyone):
-            assert await settled(service, msg) == inbox.IGNORED
+            assert await settled(service, msg) == MessageStatus.IGNORED
     assert chat_requests(fake_ollama) == 0
 
 
@@ -321,8 +320,8 @@ async def test_mention_of_the_bots_role_addresses_it(
                                      mention_role=fake.bot_role_id)
         other_role = fake.guild_message(author_id=STRANGER_ID, author_name="s",
                                         content="hi all", mention_role=fake.member_role_id)
-        assert await settled(service, by_role) == inbox.ANSWERED
-        assert await settled(service, other_role) == inbox.IGNORED
+        assert await settled(service, by_role) == MessageStatus.ANSWERED
+        assert await settled(service, other_role) == MessageStatus.IGNORED
     assert user_text(fake_ollama) == "help"
     assert [e.mentioned for e in events] == [True, False]
     assert events[1].text == f"<@&{fake.member_role_id}> hi all"  # only our own is removed
@@ -335,11 +334,11 @@ async def test_reply_to_the_bot_addresses_it(fake: FakeDiscord, service: Service
     async with serving(service):  # no message-content intent: a reply pings us, so it reads
         first = fake.guild_message(author_id=STRANGER_ID, author_name="s", content="hey",
                                    mention_bot=True)
-        assert await settled(service, first) == inbox.ANSWERED
+        assert await settled(service, first) == MessageStatus.ANSWERED
         (answer,) = bot_messages(fake, fake.channel_id)
         follow_up = fake.guild_message(author_id=STRANGER_ID, author_name="s",
                                        content="and then?", reply_to=int(answer["id"]))
-        assert await settled(service, follow_up) == inbox.ANSWERED
+        assert await settled(service, follow_up) == MessageStatus.ANSWERED
     assert user_text(fake_ollama) == "and then?"
     assert [(e.mentioned, e.reply_to_bot) for e in events] == [(True, False), (False, True)]
     assert len(bot_messages(fake, fake.channel_id)) == 2
@@ -349,7 +348,7 @@ async def test_own_echo_and_other_bots_are_ignored(fake: FakeDiscord, service: S
                                                    fake_ollama: FakeOllama) -> None:
     async with serving(service):
         msg = fake.dm(author_id=STRANGER_ID, author_name="stranger", content="hello")
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
         (reply,) = bot_messages(fake, fake.dm_channel_id(STRANGER_ID))
         bot = fake.guild_message(author_id=OTHER_BOT_ID, author_name="otherbot",
                                  content="beep", mention_bot=True, author_is_bot=True)
@@ -367,7 +366,7 @@ async def test_thread_is_its_own_chat(fake: FakeDiscord, service: Service,
         thread_id = fake.add_thread("questions")
         msg = fake.guild_message(author_id=STRANGER_ID, author_name="s", content="in here?",
                                  mention_bot=True, channel_id=thread_id)
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
     (event,) = events
     assert (event.chat_id, event.group_id) == (str(thread_id), str(fake.guild_id))
     (reply,) = bot_messages(fake, thread_id)
@@ -436,7 +435,7 @@ async def test_streaming_edits_in_order_at_the_configured_floor(
     fake.edit_floor = EDIT_INTERVAL  # the fake answers 429 to anything closer than the floor
     async with serving(service):
         msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="count to fifteen")
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
     dm = fake.dm_channel_id(STRANGER_ID)
     calls = writes(fake, dm)
     assert [c.method for c in calls] == ["POST"] + ["PATCH"] * (len(calls) - 1)
@@ -462,7 +461,7 @@ async def test_long_reply_arrives_as_three_messages_with_fences_intact(
     async with serving(service):
         msg = fake.guild_message(author_id=STRANGER_ID, author_name="s",
                                  content="write me a long script", mention_bot=True)
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
     pieces = [m["content"] for m in bot_messages(fake, fake.channel_id)]
     assert len(pieces) == 3
     assert all(len(p) <= TEXT_LIMIT for p in pieces)
@@ -502,7 +501,7 @@ async def test_429_on_an_edit_mid_stream_still_completes_the_reply(
             adapter.client.http.max_ratelimit_timeout = 0.1
         fake.fail_next("PATCH", "", retry_after=retry_after)
         msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="go")
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
     dm = fake.dm_channel_id(STRANGER_ID)
     (reply,) = bot_messages(fake, dm)
     assert reply["content"] == "".join(words)
@@ -523,13 +522,13 @@ async def test_gateway_dropped_mid_session_loses_and_repeats_nothing(
     fake_ollama.script(ScriptedReply(chunks=("First.",)), ScriptedReply(chunks=("Second.",)))
     async with serving(service):
         first = fake.dm(author_id=STRANGER_ID, author_name="s", content="one")
-        assert await settled(service, first) == inbox.ANSWERED
+        assert await settled(service, first) == MessageStatus.ANSWERED
         if how == "op7-reconnect":
             fake.request_reconnect()
         else:
             await fake.close_gateway(4000 if how == "close-4000" else None)
         missed = fake.dm(author_id=STRANGER_ID, author_name="s", content="two")
-        assert await settled(service, missed) == inbox.ANSWERED
+        assert await settled(service, missed) == MessageStatus.ANSWERED
         await until(lambda: fake.resumes == 1, "the RESUME")
         fake.dispatch("MESSAGE_CREATE", missed)  # the same message once more, after the resume
         await barrier(fake, service)
@@ -548,7 +547,7 @@ async def test_gateway_dropped_while_a_reply_streams(fake: FakeDiscord, service:
         dm = fake.dm_channel_id(STRANGER_ID)
         await fake.wait_for_call("POST", f"/channels/{dm}/messages")
         await fake.close_gateway(None)  # TCP gone; REST keeps working
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
         await until(lambda: fake.resumes == 1, "the RESUME")
         await barrier(fake, service)  # replayed echoes and updates of our reply included
     (reply,) = bot_messages(fake, dm)
@@ -568,7 +567,7 @@ async def test_restart_answers_what_was_left_once_even_when_ready_fires_again(
     async with serving(service):
         msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="are you there?")
         await until(lambda: chat_requests(fake_ollama) == 1, "the model call")
-    assert await state(service, msg) == inbox.RECEIVED  # stored, never answered
+    assert await state(service, msg) == MessageStatus.RECEIVED  # stored, never answered
     async with serving(service) as adapter:
         assert adapter.client is not None
         # discord.py spaces IDENTIFYs 5 s apart, Discord's own limit; no need to wait here.
@@ -576,7 +575,7 @@ async def test_restart_answers_what_was_left_once_even_when_ready_fires_again(
         again = asyncio.create_task(adapter.client.wait_for("ready", timeout=WAIT_LIMIT))
         fake.invalidate_session(resumable=False)  # a fresh IDENTIFY, so on_ready once more
         await again
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
         await barrier(fake, service)
     assert fake.identifies == 3
     assert chat_requests(fake_ollama) == 2
@@ -592,7 +591,8 @@ async def test_no_token_at_all(fake: FakeDiscord, service: Service,
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     with pytest.raises(AdapterStartError) as error:
         await make_adapter(service, token=None).serve()
-    assert str(error.value) == NO_TOKEN
+    assert str(error.value) == ("Discord needs a bot token: set channels.discord.token or "
+                                "DISCORD_BOT_TOKEN.")
     assert fake.calls == []
 
 
@@ -650,7 +650,7 @@ async def test_token_is_never_logged_or_stored(fake: FakeDiscord, service: Servi
     caplog.set_level(logging.DEBUG)
     async with serving(service):
         msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="secret?")
-        assert await settled(service, msg) == inbox.ANSWERED
+        assert await settled(service, msg) == MessageStatus.ANSWERED
         await fake.close_gateway(4000)
         await until(lambda: fake.resumes == 1, "the RESUME")
     assert any(r.name.startswith("discord.") for r in caplog.records)  # the library did log

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.config import BUNDLED_MODEL_ID, GenerationParams, ModelSpec, ProviderSpec
-from bot.providers import ChatMessage, StreamEnd, TextDelta
 from bot.errors import ContextOverflow
+from bot.providers import ChatMessage, StreamEnd, TextDelta
 from bot.providers.embedded import EmbeddedProvider
 
 MODEL = ModelSpec(id=BUNDLED_MODEL_ID, context_window=2048, max_tokens=48)

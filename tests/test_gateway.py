@@ -7,8 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from adapters.console import GUEST, OWNER, ConsoleChat
-from bot.events import ChatKind, InboundEvent
-from bot.gateway import Outcome
+from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.service import Service
 from persona.personas import ADMIN_PROMPT, GUEST_PROMPT
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
@@ -36,7 +35,7 @@ async def test_owner_gets_admin_prompt_and_sees_the_stream(ollama_service: Servi
     fake_ollama.script(ScriptedReply(chunks=("Paris", " is", " the", " capital.")))
     chat, out, err = console(ollama_service)
     result = await chat.ask("What is the capital of France?")
-    assert result.outcome is Outcome.ANSWERED
+    assert result.status is MessageStatus.ANSWERED
     assert out.getvalue() == "Paris is the capital.\n"
     assert err.getvalue() == ""
     messages = sent_messages(fake_ollama)
@@ -78,7 +77,7 @@ async def test_backend_failure_is_one_sentence_and_recorded(ollama_service: Serv
     fake_ollama.script(ScriptedReply(status=500))
     chat, out, err = console(ollama_service)
     result = await chat.ask("hello?")
-    assert result.outcome is Outcome.FAILED
+    assert result.status is MessageStatus.FAILED
     assert out.getvalue() == ""
     assert err.getvalue() == "The model isn't reachable right now. Please try again in a moment.\n"
     assert db_rows(ollama_service, "select state from inbox") == [("failed",)]
@@ -105,7 +104,7 @@ async def test_same_message_twice_is_answered_once(ollama_service: Service,
     event = chat.event("hello")
     first = await ollama_service.gateway.handle(event, chat.deliver)
     second = await ollama_service.gateway.handle(event, chat.deliver)
-    assert (first.outcome, second.outcome) == (Outcome.ANSWERED, Outcome.DUPLICATE)
+    assert (first.status, second.status) == (MessageStatus.ANSWERED, MessageStatus.DUPLICATE)
     assert len(fake_ollama.requests_to("/api/chat")) == 1
     assert out.getvalue() == "Hello there.\n"
 
@@ -121,7 +120,7 @@ async def test_group_message_without_mention_is_not_answered(ollama_service: Ser
                          sender_id="9", sender_name="x", message_id="1", text="chatter",
                          group_id="-5")
     result = await ollama_service.gateway.handle(quiet, deliver)
-    assert result.outcome is Outcome.IGNORED
+    assert result.status is MessageStatus.IGNORED
     assert delivered == [] and fake_ollama.requests_to("/api/chat") == []
 
 
@@ -144,9 +143,9 @@ async def test_failing_delivery_is_recorded_and_service_goes_on(ollama_service: 
 
     chat, out, _ = console(ollama_service)
     result = await ollama_service.gateway.handle(chat.event("one"), broken)
-    assert result.outcome is Outcome.FAILED
+    assert result.status is MessageStatus.FAILED
     assert db_rows(ollama_service, "select state from inbox") == [("failed",)]
-    assert (await chat.ask("two")).outcome is Outcome.ANSWERED
+    assert (await chat.ask("two")).status is MessageStatus.ANSWERED
     assert out.getvalue() == "Hello there.\n"
 
 

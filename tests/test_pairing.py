@@ -36,7 +36,7 @@ async def say(service: Service, event: InboundEvent) -> str:
 
 
 async def persona_of(service: Service, sender: str) -> str:
-    return (await service.gateway.persona_for(dm("hi", sender))).persona
+    return (await service.gateway.resolve(dm("hi", sender))).persona
 
 
 async def test_pairing_happy_path(ollama_service: Service) -> None:

@@ -9,6 +9,7 @@ from typing import Literal
 import pytest
 
 from bot.config import GenerationParams, ModelSpec, ProviderSpec
+from bot.errors import ModelNotFound, ProviderTimeout, ProviderUnavailable, StreamInterrupted
 from bot.providers import (
     ChatMessage,
     ChatProvider,
@@ -19,7 +20,6 @@ from bot.providers import (
     ToolSpec,
     build_provider,
 )
-from bot.errors import ModelNotFound, ProviderTimeout, ProviderUnavailable, StreamInterrupted
 from tests.fakes.llm_backends import FakeOllama, FakeOpenAI, ScriptedReply, ToolCall
 
 MODEL = ModelSpec(id="llama3.2:3b", context_window=8192, max_tokens=64)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.events import ChatKind, InboundEvent
+from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.store import Store, inbox
 from tests.conftest import make_config
 
@@ -39,9 +39,9 @@ async def test_same_message_is_recorded_once(store: Store) -> None:
     first = await inbox.record(store, _event("7"))
     again = await inbox.record(store, _event("7"))
     assert first is not None and again is None
-    assert await inbox.state_of(store, "telegram", "1", "7") == inbox.RECEIVED
-    await inbox.mark(store, first, inbox.ANSWERED)
-    assert await inbox.state_of(store, "telegram", "1", "7") == inbox.ANSWERED
+    assert await inbox.state_of(store, "telegram", "1", "7") == MessageStatus.RECEIVED
+    await inbox.mark(store, first, MessageStatus.ANSWERED)
+    assert await inbox.state_of(store, "telegram", "1", "7") == MessageStatus.ANSWERED
     assert await inbox.unanswered(store, "telegram") == []
 
 
@@ -96,7 +96,7 @@ async def test_upgrade_from_the_previous_version_keeps_the_data(data_dir: Path) 
 
     upgraded = Store(url)
     await upgraded.migrate()
-    assert await inbox.state_of(upgraded, "telegram", "1", "41") == inbox.RECEIVED
+    assert await inbox.state_of(upgraded, "telegram", "1", "41") == MessageStatus.RECEIVED
     assert await inbox.record(upgraded, _event("41")) is None
     await upgraded.close()
     path = url.split("///", 1)[1]
@@ -108,13 +108,13 @@ async def test_upgrade_from_the_previous_version_keeps_the_data(data_dir: Path) 
 
 async def test_a_binding_taken_out_of_the_config_is_revoked(store: Store) -> None:
     from bot.config import BindingSpec
+    from bot.errors import ConfigBinding
     from bot.store.bindings import (
         add_binding,
         list_bindings,
         remove_binding,
         seed_bindings,
     )
-    from bot.errors import ConfigBinding
 
     owner = BindingSpec(persona="admin", platform="telegram", chat_kind="dm", peer="1")
     friend = BindingSpec(persona="guest", platform="telegram", chat_kind="dm", peer="2")

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from bot.errors import AdapterStartError
 from adapters.telegram import TelegramAdapter
 from bot.config import BindingSpec, Config
+from bot.errors import AdapterStartError
+from bot.events import MessageStatus
 from bot.logs import setup_logging
 from bot.pairing import create_code
 from bot.service import Service, open_service
@@ -141,10 +142,10 @@ async def test_group_without_mention_is_not_answered(running: Running) -> None:
     message_id = str(update["message"]["message_id"])
     store = running.service.store
     for _ in range(200):
-        if await inbox.state_of(store, "telegram", str(GROUP), message_id) == inbox.IGNORED:
+        if await inbox.state_of(store, "telegram", str(GROUP), message_id) == MessageStatus.IGNORED:
             break
         await asyncio.sleep(0.02)
-    assert await inbox.state_of(store, "telegram", str(GROUP), message_id) == inbox.IGNORED
+    assert await inbox.state_of(store, "telegram", str(GROUP), message_id) == MessageStatus.IGNORED
     assert running.llm.requests_to("/api/chat") == []
     assert running.tg.sent_messages(GROUP) == []
     assert running.tg.calls_to("sendChatAction") == []

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.config import GenerationParams, ModelSpec, ProviderSpec
+from bot.errors import ContextOverflow, ModelNotFound, ProviderError
 from bot.providers.base import (
     ChatMessage,
     Delta,
@@ -24,7 +25,6 @@ from bot.providers.base import (
     TextDelta,
     ToolSpec,
 )
-from bot.errors import ContextOverflow, ModelNotFound, ProviderError
 from bot.providers.bundled import bundled_model_path
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,16 @@ from contextlib import asynccontextmanager
 import httpx
 
 from bot.config import ProviderSpec
+from bot.errors import (
+    ModelNotFound,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    StreamInterrupted,
+)
 from bot.providers.base import (
     next_within,
 )
-from bot.errors import ModelNotFound, ProviderError, ProviderTimeout, ProviderUnavailable, StreamInterrupted
 
 
 class HttpBackend:

@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 
 from bot.config import GenerationParams, ModelSpec, ProviderSpec
+from bot.errors import StreamInterrupted
 from bot.providers.base import (
     ChatMessage,
     Delta,
@@ -14,7 +15,6 @@ from bot.providers.base import (
     ToolCallDelta,
     ToolSpec,
 )
-from bot.errors import StreamInterrupted
 from bot.providers.http import HttpBackend, int_or_none, parse_json_line
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import GenerationParams, ModelSpec, ProviderSpec
+from bot.errors import StreamInterrupted
 from bot.providers.base import (
     ChatMessage,
     Delta,
@@ -16,7 +17,6 @@ from bot.providers.base import (
     ToolCallDelta,
     ToolSpec,
 )
-from bot.errors import StreamInterrupted
 from bot.providers.http import HttpBackend, int_or_none, parse_json_line
 
 

@@ -9,9 +9,9 @@ from sqlalchemy import ColumnElement, delete, select
 from sqlalchemy.orm import Mapped
 
 from bot.config import BindingSpec
+from bot.errors import ConfigBinding
 from bot.store.db import Store
 from bot.store.tables import BindingRow
-from bot.errors import ConfigBinding
 
 
 @dataclass(frozen=True)

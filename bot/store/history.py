@@ -8,8 +8,8 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.events import MessageStatus
 from bot.store.db import Store
-from bot.store.inbox import ANSWERED
 from bot.store.tables import InboxRow, MessageRow, SessionRow, TurnRow, utcnow
 
 
@@ -40,7 +40,7 @@ class TurnRecord:
     done_at: datetime
     prompt_tokens: int | None
     completion_tokens: int | None
-    status: str  # "answered" or "failed"
+    status: MessageStatus  # ANSWERED or FAILED
     error: str | None = None
     user_text: str | None = None
     user_transcribed: bool = False
@@ -79,7 +79,7 @@ async def start_new_session(store: Store, platform: str, chat_id: str, persona: 
 
 async def save_turn(store: Store, turn: TurnRecord) -> None:
     async with store.write() as session:
-        if turn.status == ANSWERED and turn.user_text is not None and turn.reply_text:
+        if turn.status is MessageStatus.ANSWERED and turn.user_text is not None and turn.reply_text:
             session.add(MessageRow(session_id=turn.session_id, role="user",
                                    content=turn.user_text, transcribed=turn.user_transcribed))
             session.add(MessageRow(session_id=turn.session_id, role="assistant",

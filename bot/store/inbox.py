@@ -8,20 +8,15 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot.events import ChatKind, InboundEvent, VoiceAttachment
+from bot.events import ChatKind, InboundEvent, MessageStatus, VoiceAttachment
 from bot.store.db import Store
 from bot.store.tables import InboxRow, utcnow
-
-RECEIVED = "received"
-ANSWERED = "answered"
-FAILED = "failed"
-IGNORED = "ignored"
 
 
 async def record(store: Store, event: InboundEvent) -> int | None:
     """Store an event; returns its inbox id, or None when this message was seen before."""
     row = InboxRow(platform=event.platform, chat_id=event.chat_id, message_id=event.message_id,
-                   sender_id=event.sender_id, event=_to_json(event), state=RECEIVED)
+                   sender_id=event.sender_id, event=_to_json(event), state=MessageStatus.RECEIVED)
     try:
         async with store.write() as session:
             session.add(row)
@@ -30,7 +25,8 @@ async def record(store: Store, event: InboundEvent) -> int | None:
     return row.id
 
 
-async def mark(store: Store, inbox_id: int, state: str, error: str | None = None) -> None:
+async def mark(store: Store, inbox_id: int, state: MessageStatus,
+               error: str | None = None) -> None:
     async with store.write() as session:
         await session.execute(update(InboxRow).where(InboxRow.id == inbox_id)
                               .values(state=state, error=error, updated_at=utcnow()))
@@ -38,18 +34,21 @@ async def mark(store: Store, inbox_id: int, state: str, error: str | None = None
 
 async def unanswered(store: Store, platform: str) -> list[tuple[int, InboundEvent]]:
     """Events that were stored but never answered (the service stopped mid-turn)."""
-    query = (select(InboxRow).where(InboxRow.platform == platform, InboxRow.state == RECEIVED)
+    query = (select(InboxRow)
+             .where(InboxRow.platform == platform, InboxRow.state == MessageStatus.RECEIVED)
              .order_by(InboxRow.id))
     async with store.read() as session:
         return [(row.id, _from_json(row.event)) for row in (await session.scalars(query)).all()]
 
 
-async def state_of(store: Store, platform: str, chat_id: str, message_id: str) -> str | None:
+async def state_of(store: Store, platform: str, chat_id: str,
+                   message_id: str) -> MessageStatus | None:
     query = select(InboxRow.state).where(InboxRow.platform == platform,
                                          InboxRow.chat_id == chat_id,
                                          InboxRow.message_id == message_id)
     async with store.read() as session:
-        return (await session.scalars(query)).first()
+        state = (await session.scalars(query)).first()
+    return None if state is None else MessageStatus(state)
 
 
 def _to_json(event: InboundEvent) -> str:

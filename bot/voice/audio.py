@@ -21,8 +21,9 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from .assets import configure_pydub
 from bot.errors import AudioDecodeError, SynthesisError
+
+from .assets import configure_pydub
 
 WHISPER_RATE = 16_000
 VOICE_NOTE_RATE = 48_000

@@ -1,6 +1,4 @@
-"""The process-wide audio queue: one synthesis at a time, turns that never overlap.
-
-Two guarantees, two small tools:
+"""The process-wide audio queue: one synthesis at a time.
 
 * `await queue.submit(job)` puts a synthesis job (a no-argument coroutine
   function) on one bounded FIFO and returns a future for its result. A
@@ -10,12 +8,7 @@ Two guarantees, two small tools:
   Submit every sentence of a reply as it completes, then await the futures
   in order.
 
-* `async with queue.conversation(key):` holds one conversation (any hashable
-  key, e.g. (platform, chat id)). Wrap a whole voice turn in it, from the
-  transcript to the last spoken sentence: the next voice note in the same
-  conversation waits at this line until the reply before it has been spoken.
-  Other conversations are not held up. Waiters are served first come, first
-  served, and a key's lock is forgotten when nobody holds or waits for it.
+Turn order within a chat is the chat lane's job (adapters/lanes.py), not the queue's.
 
 Create one `AudioQueue` per process (inside the running event loop), share
 it, and `await queue.close()` on shutdown.
@@ -25,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
 from bot.errors import AudioQueueClosed
 
 T = TypeVar("T")
@@ -41,21 +35,14 @@ class _Entry:
     result: asyncio.Future[Any]
 
 
-@dataclass(slots=True)
-class _Hold:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
 class AudioQueue:
-    """Serialises audio jobs process-wide and keeps each conversation's turns in order."""
+    """Serialises audio jobs process-wide, with back-pressure."""
 
     def __init__(self, maxsize: int = 16) -> None:
         if maxsize < 1:
             raise ValueError("the audio queue must be bounded: maxsize >= 1")
         self._jobs: asyncio.Queue[_Entry] = asyncio.Queue(maxsize)
         self._worker: asyncio.Task[None] | None = None
-        self._holds: dict[Hashable, _Hold] = {}
         self._closed = False
 
     async def submit(self, job: Job[T]) -> asyncio.Future[T]:
@@ -69,23 +56,6 @@ class AudioQueue:
         result: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._jobs.put(_Entry(job, result))
         return result
-
-    async def run(self, job: Job[T]) -> T:
-        """Submit `job` and wait for its result."""
-        return await (await self.submit(job))
-
-    @contextlib.asynccontextmanager
-    async def conversation(self, key: Hashable) -> AsyncIterator[None]:
-        """Hold conversation `key` for the duration of the block (see the module docstring)."""
-        hold = self._holds.setdefault(key, _Hold())
-        hold.users += 1
-        try:
-            async with hold.lock:
-                yield
-        finally:
-            hold.users -= 1
-            if hold.users == 0:
-                del self._holds[key]
 
     @property
     def pending(self) -> int:

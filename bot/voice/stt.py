@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bot.errors import TranscriptionError, VoiceModelMissing
+
 from .assets import whisper_tiny_en_dir
 from .audio import WHISPER_RATE, decode_to_pcm16k
-from bot.errors import TranscriptionError, VoiceModelMissing
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from bot.errors import SynthesisError, VoiceError, VoiceModelMissing
+
 from .assets import piper_voice_paths
 from .audio import (
     VOICE_NOTE_RATE,
@@ -27,7 +29,6 @@ from .audio import (
     resample_to_48k,
     waveform,
 )
-from bot.errors import SynthesisError, VoiceError, VoiceModelMissing
 
 if TYPE_CHECKING:
     from piper import PiperVoice

@@ -23,7 +23,7 @@ from typing import Any
 
 from adapters.discord import DiscordAdapter
 from bot.config import DiscordChannel, parse_config
-from bot.events import InboundEvent
+from bot.events import InboundEvent, MessageStatus
 from bot.service import Service, open_service
 from bot.store import inbox
 from tests.fakes.discord import FakeDiscord
@@ -89,7 +89,7 @@ async def _one(fake: FakeDiscord, ollama: FakeOllama, service: Service, timer: T
     # The turn is fully done before the next one starts.
     deadline = time.monotonic() + 10
     while await inbox.state_of(service.store, "discord", msg["channel_id"],
-                               msg["id"]) != inbox.ANSWERED:
+                               msg["id"]) != MessageStatus.ANSWERED:
         if time.monotonic() > deadline:
             raise SystemExit(f"message {msg['id']} was not answered")
         await asyncio.sleep(0.005)

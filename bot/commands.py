@@ -1,0 +1,112 @@
+"""Chat commands: one table, from which the gateway runs them and the platforms' command menus
+and `/help` are built.
+
+A command is a name, a line of help, who may use it, and a handler that returns the reply text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bot.events import InboundEvent
+from bot.pairing import redeem
+from bot.store import Store
+from bot.store.history import start_new_session
+from persona import Persona
+
+ANYONE = frozenset({"admin", "guest"})
+OWNER = frozenset({"admin"})
+
+
+@dataclass(frozen=True)
+class CommandCall:
+    """What a handler may use: the asking event, the persona the router chose, the store."""
+
+    event: InboundEvent
+    argument: str
+    persona: Persona
+    store: Store
+    admin_persona: str | None
+
+
+Handler = Callable[[CommandCall], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    handler: Handler
+    # The persona roles that may run it; everyone else is told it is not available to them.
+    roles: frozenset[str] = ANYONE
+    # Listed in the platform menus and /help (a command like /start that every Telegram client
+    # sends by itself need not be advertised).
+    listed: bool = True
+
+
+async def _start(call: CommandCall) -> str:
+    return "Hello! Send me a message and I'll answer. " + _help_line(call.persona.role)
+
+
+async def _help(call: CommandCall) -> str:
+    return _help_line(call.persona.role)
+
+
+async def _new(call: CommandCall) -> str:
+    await start_new_session(call.store, call.event.platform, call.event.chat_id,
+                            call.persona.name)
+    return "Started a fresh conversation."
+
+
+async def _whoami(call: CommandCall) -> str:
+    return f"You are talking to the {call.persona.name} persona ({call.persona.role})."
+
+
+async def _pair(call: CommandCall) -> str:
+    if call.admin_persona is None:
+        return "Pairing is not available: no admin persona is configured."
+    result = await redeem(call.store, call.event, call.argument, call.admin_persona)
+    return result.message
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("new", "start a fresh conversation", _new),
+    Command("whoami", "say which persona answers you", _whoami),
+    Command("pair", "pair this DM with the owner's code from `hearthbot pair`", _pair),
+    Command("help", "list the commands", _help),
+    Command("start", "say hello", _start, listed=False),
+)
+_BY_NAME = {command.name: command for command in COMMANDS}
+
+
+def listed(role: str | None = None) -> tuple[Command, ...]:
+    """The commands to advertise, to everyone or to one persona role."""
+    return tuple(c for c in COMMANDS if c.listed and (role is None or role in c.roles))
+
+
+def _help_line(role: str) -> str:
+    return "Commands: " + "; ".join(f"/{c.name} to {c.help}" for c in listed(role)) + "."
+
+
+_COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")
+
+
+def parse(text: str) -> tuple[str, str] | None:
+    """`/pair ABC` or `/pair@botname ABC` → ("pair", "ABC"); anything else is not a command."""
+    if not text.startswith("/") or len(text) < 2 or text[1].isspace():
+        return None
+    word, _, argument = text[1:].partition(" ")
+    name = word.split("@", 1)[0].lower()
+    # "/usr/bin is missing" is a sentence, not a command.
+    return (name, argument.strip()) if _COMMAND_NAME.fullmatch(name) else None
+
+
+async def run(name: str, call: CommandCall) -> str:
+    command = _BY_NAME.get(name)
+    if command is None:
+        return f"I don't know that command. {_help_line(call.persona.role)}"
+    if call.persona.role not in command.roles:
+        return f"/{name} is only available to the owner."
+    return await command.handler(call)

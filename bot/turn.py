@@ -1,0 +1,185 @@
+"""One model turn, from the prompt to the record.
+
+A `Turn` fits the conversation into the model's window, streams the model's reply to the
+adapter (feeding the speaker sentence by sentence when the reply is also spoken), records the
+turn, and only then hands the voice note over. Its progress lives in plain attributes, read by
+the record and the result once the adapter has consumed the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from bot import prompt_window
+from bot.errors import ProviderError
+from bot.events import InboundEvent, MessageStatus, ReplyFailed, ReplyPart, ReplyText
+from bot.model_host import ModelTarget
+from bot.providers import ChatMessage, StreamEnd, TextDelta
+from bot.store import Store
+from bot.store.history import TurnRecord, open_conversation, save_turn
+from persona import Persona
+
+if TYPE_CHECKING:  # speech pulls in audio libraries; a text-only process never loads them
+    from bot.voice.speech import Speaker
+    from bot.voice.tts import SpokenClip
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[InboundEvent, AsyncIterator[ReplyPart]], Awaitable[None]]
+# Sends a voice note; it is handed the clip still being made, so the adapter can show that it is
+# recording while the last sentences are synthesized. The clip is None when nothing was speakable.
+DeliverVoice = Callable[[InboundEvent, Awaitable["SpokenClip | None"]], Awaitable[None]]
+
+EMPTY_REPLY = "The model had nothing to say to that. Please try rephrasing."
+DELIVERY_FAILED = "delivery failed"
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    status: MessageStatus
+    # Filled for model turns: seconds from the start of the turn to the first text, and in all.
+    first_token_seconds: float | None = None
+    total_seconds: float | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.status is MessageStatus.ANSWERED
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Decode speed: tokens after the first, over the time after the first."""
+        if not (self.completion_tokens and self.first_token_seconds is not None
+                and self.total_seconds and self.completion_tokens > 1):
+            return None
+        decoding = self.total_seconds - self.first_token_seconds
+        return (self.completion_tokens - 1) / decoding if decoding > 0 else None
+
+
+class Turn:
+    def __init__(self, store: Store, target: ModelTarget, persona: Persona, inbox_id: int,
+                 event: InboundEvent, speaker: Speaker | None) -> None:
+        self.store = store
+        self.target = target
+        self.persona = persona
+        self.inbox_id = inbox_id
+        self.event = event
+        self.speaker = speaker
+        self.started = time.perf_counter()
+        self.pieces: list[str] = []
+        self.first_token_at: datetime | None = None
+        self.first_token_seconds: float | None = None
+        self.end: StreamEnd | None = None
+        self.failure: str | None = None
+
+    async def run(self, deliver: Deliver, deliver_voice: DeliverVoice | None) -> TurnResult:
+        conversation = await open_conversation(self.store, self.event.platform,
+                                               self.event.chat_id, self.persona.name)
+        output_tokens = self.persona.params.max_tokens or self.target.model.max_tokens
+        messages = prompt_window.fit_messages(
+            self.persona.system_prompt, conversation.messages, self.event.text,
+            self.event.transcribed, self.target.model, output_tokens, conversation.summary)
+        try:
+            async with aclosing(self._reply(messages)) as stream:
+                await deliver(self.event, stream)
+        except Exception as exc:
+            log.exception("delivering the reply to %s chat %s failed", self.event.platform,
+                          self.event.chat_id)
+            self.failure = self.failure or f"{DELIVERY_FAILED}: {exc!r}"
+        await self._record(conversation.session_id)
+        # Recorded before speaking: once the text is delivered the message is answered, and a
+        # restart during synthesis must not answer it again.
+        if self.speaker is not None and deliver_voice is not None:
+            await self._speak(deliver_voice)
+        result = TurnResult(self.status, self.first_token_seconds,
+                            time.perf_counter() - self.started,
+                            self.end.completion_tokens if self.end else None)
+        log.info("%s turn in %s chat %s: persona=%s model=%s first token %s s, %.2f s in all, "
+                 "%s tokens", self.status, self.event.platform, self.event.chat_id,
+                 self.persona.name, self.target.label,
+                 f"{self.first_token_seconds:.2f}" if self.first_token_seconds is not None
+                 else "-", result.total_seconds or 0.0, result.completion_tokens)
+        return result
+
+    @property
+    def status(self) -> MessageStatus:
+        return MessageStatus.FAILED if self.failure else MessageStatus.ANSWERED
+
+    async def _reply(self, messages: list[ChatMessage]) -> AsyncGenerator[ReplyPart, None]:
+        try:
+            async for delta in self.target.provider.stream(self.target.model, messages,
+                                                           self.persona.params):
+                if isinstance(delta, TextDelta):
+                    self._heard_text(delta.text)
+                    if self.speaker is not None:
+                        await self._feed_speaker(delta.text)
+                    yield ReplyText(delta.text)
+                elif isinstance(delta, StreamEnd):
+                    self.end = delta
+        except ProviderError as exc:
+            self.failure = str(exc)
+            log.warning("turn for %s message %s failed: %s", self.event.platform,
+                        self.event.message_id, exc)
+            yield ReplyFailed(exc.user_message)
+            return
+        except Exception as exc:
+            # A bug or a reply no parser expected: the user still gets a sentence.
+            self.failure = f"unexpected error: {exc!r}"
+            log.exception("turn for %s message %s failed", self.event.platform,
+                          self.event.message_id)
+            yield ReplyFailed(ProviderError.user_message)
+            return
+        if not "".join(self.pieces).strip():
+            self.failure = "the model returned no text"
+            yield ReplyFailed(EMPTY_REPLY)
+
+    def _heard_text(self, text: str) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = datetime.now(UTC)
+            self.first_token_seconds = time.perf_counter() - self.started
+        self.pieces.append(text)
+
+    async def _feed_speaker(self, text: str) -> None:
+        """A speaker that fails is dropped, and the reply goes on as text alone."""
+        assert self.speaker is not None
+        try:
+            await self.speaker.feed(text)
+        except Exception:
+            log.exception("speech synthesis failed; the reply continues as text only")
+            self.speaker.abandon()
+            self.speaker = None
+
+    async def _record(self, session_id: int) -> None:
+        await save_turn(self.store, TurnRecord(
+            inbox_id=self.inbox_id, session_id=session_id, persona=self.persona.name,
+            model=self.target.label, received_at=_naive(self.event.received_at),
+            first_token_at=_naive(self.first_token_at) if self.first_token_at else None,
+            done_at=_naive(datetime.now(UTC)),
+            prompt_tokens=self.end.prompt_tokens if self.end else None,
+            completion_tokens=self.end.completion_tokens if self.end else None,
+            status=self.status, error=self.failure, user_text=self.event.text,
+            user_transcribed=self.event.transcribed, reply_text="".join(self.pieces),
+        ))
+
+    async def _speak(self, deliver_voice: DeliverVoice) -> None:
+        assert self.speaker is not None
+        if self.failure is not None:
+            self.speaker.abandon()
+            return
+        try:
+            await deliver_voice(self.event, self.speaker.finish())
+        except Exception:
+            # The text reply has arrived; a missing voice note is logged, not retried.
+            log.exception("the spoken reply to %s chat %s failed", self.event.platform,
+                          self.event.chat_id)
+
+
+def _naive(moment: datetime) -> datetime:
+    """Stored times are naive UTC (see bot.store.tables.utcnow)."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
