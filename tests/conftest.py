@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import socket
 import sys
@@ -13,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from bot.config import Config, parse_config
 from bot.service import Service, open_service, open_store
 from bot.store import Store
+from tests.fakes.discord import FakeDiscord
 from tests.fakes.llm_backends import FakeOllama, FakeOpenAI
-
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+from tests.fakes.telegram import FakeTelegram
+from tests.support.discord import TOKEN
+from tests.support.helpers import make_config, ollama_config
 
 
 def _is_local(host: object) -> bool:
@@ -51,21 +51,17 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-def make_config(data_dir: Path, **sections: Any) -> Config:
-    """A config from plain dicts, as a user would write it, with the data dir set."""
-    raw: dict[str, Any] = {"data_dir": str(data_dir), **sections}
-    return parse_config(json.loads(json.dumps(raw)))
+@pytest.fixture
+async def fake_tg() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as fake:
+        yield fake
 
 
-def ollama_config(data_dir: Path, fake: FakeOllama, **extra: Any) -> Config:
-    provider = {"type": "ollama", "base_url": fake.base_url, "first_token_timeout": 5,
-                "read_timeout": 5,
-                "models": [{"id": fake.models[0], "context_window": 8192, "max_tokens": 256}]}
-    return make_config(
-        data_dir,
-        gateway={"providers": {"ollama": provider}},
-        agents={"default": {"active_model": f"ollama/{fake.models[0]}"}, **extra},
-    )
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord(token=TOKEN) as server:
+        with server.patch_client_urls():
+            yield server
 
 
 @pytest.fixture

@@ -14,13 +14,7 @@ from adapters.lanes import ChatLanes, Job
 from adapters.streaming import Pacer, stream_by_editing, stream_by_preview
 from bot.errors import PlatformUnavailable, RateLimited
 from bot.events import ReplyFailed, ReplyPart, ReplyText
-
-FENCE = "`" * 3
-
-
-def code_reply(lines: int) -> str:
-    body = "\n".join(f"print({n})  # line {n}" for n in range(lines))
-    return f"Here you go:\n\n{FENCE}python\n{body}\n{FENCE}\n\nThat's all."
+from tests.support.helpers import FENCE, code_reply
 
 
 def test_short_text_is_one_piece() -> None:

@@ -1,5 +1,5 @@
 """The Discord adapter end to end: the real discord.py client against the fake Discord on
-127.0.0.1, the real gateway and store, and the fake Ollama as the model."""
+127.0.0.1, the real gateway and store, and the fake_discord Ollama as the model."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import contextlib
 import json
 import logging
 import socket
-import sqlite3
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -26,14 +23,12 @@ from adapters.discord import (
     MISSING_INTENT,
     TEXT_LIMIT,
     TOKEN_ENV,
-    DiscordAdapter,
 )
 from bot import cli
-from bot.config import BindingSpec, DiscordChannel
+from bot.config import BindingSpec
 from bot.errors import AdapterStartError
 from bot.events import ChatKind, InboundEvent, MessageStatus, VoiceAttachment
 from bot.service import Service
-from bot.store import inbox
 from bot.store.bindings import add_binding
 from persona.personas import ADMIN_PROMPT, GUEST_PROMPT
 from tests.fakes.discord import (
@@ -43,18 +38,32 @@ from tests.fakes.discord import (
     FakeDiscord,
 )
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+from tests.support.discord import (
+    BYSTANDER_ID,
+    EDIT_INTERVAL,
+    OTHER_BOT_ID,
+    STRANGER_ID,
+    TOKEN,
+    barrier,
+    bot_messages,
+    make_adapter,
+    serving,
+    settled,
+    started,
+    state,
+    stop,
+)
+from tests.support.helpers import (
+    FENCE,
+    WAIT_LIMIT,
+    chat_requests,
+    code_reply_of_length,
+    db_rows,
+    system_prompt,
+    until,
+    user_text,
+)
 
-Json = dict[str, Any]
-
-TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.hearth-test.s3cret-t0ken-value"
-STRANGER_ID = 300000000000000001
-BYSTANDER_ID = 300000000000000002
-OTHER_BOT_ID = 300000000000000003
-EDIT_INTERVAL = 0.2  # the configured floor between two creates/edits in one channel
-FENCE = "`" * 3
-# How long a test waits for something that normally takes milliseconds: generous, so that a
-# busy machine slows a test down instead of failing it.
-WAIT_LIMIT = 15.0
 OGG = b"OggS\x00\x02" + bytes(range(256)) * 4  # stand-in bytes; nothing decodes them here
 
 
@@ -62,120 +71,23 @@ OGG = b"OggS\x00\x02" + bytes(range(256)) * 4  # stand-in bytes; nothing decodes
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord(token=TOKEN) as server:
-        with server.patch_client_urls():
-            yield server
-
-
-@pytest.fixture
-async def service(ollama_service: Service, fake: FakeDiscord) -> Service:
+async def service(ollama_service: Service, fake_discord: FakeDiscord) -> Service:
     """The owner (the guild's owner in the fake) is bound to admin for DMs, as pairing would."""
     await add_binding(ollama_service.store, BindingSpec(
-        persona="admin", platform="discord", chat_kind="dm", peer=str(fake.owner_id)))
+        persona="admin", platform="discord", chat_kind="dm", peer=str(fake_discord.owner_id)))
     return ollama_service
 
 
-def make_adapter(service: Service, **settings: Any) -> DiscordAdapter:
-    channel = DiscordChannel(**{"token": TOKEN, "edit_interval": EDIT_INTERVAL, **settings})
-    return DiscordAdapter(channel, service.gateway, guild_ready_timeout=0.05)
-
-
-async def started(adapter: DiscordAdapter) -> asyncio.Task[None]:
-    """serve() in a task, once on_ready has fired; a start failure is raised here."""
-    task = asyncio.create_task(adapter.serve())
-    ready = asyncio.create_task(adapter.ready.wait())
-    done, _ = await asyncio.wait({task, ready}, timeout=WAIT_LIMIT,
-                                 return_when=asyncio.FIRST_COMPLETED)
-    ready.cancel()
-    if task in done:
-        task.result()
-    assert adapter.ready.is_set(), "the adapter did not become ready"
-    return task
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-@asynccontextmanager
-async def serving(service: Service, **settings: Any) -> AsyncIterator[DiscordAdapter]:
-    adapter = make_adapter(service, **settings)
-    task = await started(adapter)
-    try:
-        yield adapter
-    finally:
-        await stop(task)
-
-
-async def until(condition: Callable[[], bool], what: str,
-                within: float = WAIT_LIMIT) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited for {what}")
-        await asyncio.sleep(0.01)
-
-
-async def state(service: Service, msg: Json) -> str | None:
-    return await inbox.state_of(service.store, "discord", msg["channel_id"], msg["id"])
-
-
-async def settled(service: Service, msg: Json, within: float = WAIT_LIMIT) -> str:
-    """The message's inbox state once the adapter is done with it (answered, ignored...)."""
-    deadline = time.monotonic() + within
-    while (current := await state(service, msg)) in (None, MessageStatus.RECEIVED):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"message {msg['content']!r} is still {current}")
-        await asyncio.sleep(0.01)
-    return current
-
-
-async def barrier(fake: FakeDiscord, service: Service) -> None:
-    """Everything the fake dispatched before this point has been taken in by the adapter.
-
-    Gateway frames arrive in order and the adapter takes messages in first come, first served,
-    so once this unaddressed message is stored (and ignored), every earlier one was handled.
-    """
-    marker = fake.guild_message(author_id=BYSTANDER_ID, author_name="bystander",
-                                content="just chatting")
-    assert await settled(service, marker) == MessageStatus.IGNORED
-
-
-def bot_messages(fake: FakeDiscord, channel_id: int) -> list[Json]:
-    return [m for m in fake.messages_in(channel_id) if int(m["author"]["id"]) == fake.bot_id]
-
-
-def writes(fake: FakeDiscord, channel_id: int) -> list[Any]:
+def writes(fake_discord: FakeDiscord, channel_id: int) -> list[Any]:
     """Creates and edits in one channel, in the order the fake received them."""
     prefix = f"/channels/{channel_id}/messages"
-    return [c for c in fake.calls if c.path.startswith(prefix) and c.method in ("POST", "PATCH")]
+    return [c for c in fake_discord.calls
+            if c.path.startswith(prefix) and c.method in ("POST", "PATCH")]
 
 
 def assert_paced(calls: list[Any], floor: float) -> None:
     gaps = [later.at - earlier.at for earlier, later in pairwise(calls)]
     assert all(gap >= floor for gap in gaps), gaps
-
-
-def system_prompt(fake_ollama: FakeOllama) -> str:
-    body = fake_ollama.requests_to("/api/chat")[-1].body
-    assert body is not None
-    messages: list[Json] = body["messages"]  # type: ignore[assignment]
-    assert messages[0]["role"] == "system"
-    return str(messages[0]["content"])
-
-
-def user_text(fake_ollama: FakeOllama) -> str:
-    body = fake_ollama.requests_to("/api/chat")[-1].body
-    assert body is not None
-    messages: list[Json] = body["messages"]  # type: ignore[assignment]
-    return str(messages[-1]["content"])
-
-
-def chat_requests(fake_ollama: FakeOllama) -> int:
-    return len(fake_ollama.requests_to("/api/chat"))
 
 
 def record_events(monkeypatch: pytest.MonkeyPatch, service: Service) -> list[InboundEvent]:
@@ -191,23 +103,6 @@ def record_events(monkeypatch: pytest.MonkeyPatch, service: Service) -> list[Inb
     return seen
 
 
-def db_rows(service: Service) -> list[tuple[object, ...]]:
-    path = service.config.store_url().split("///", 1)[1]
-    with sqlite3.connect(path) as db:
-        tables = [t for (t,) in db.execute("select name from sqlite_master where type='table'")]
-        return [row for table in tables for row in db.execute(f'select * from "{table}"')]
-
-
-def code_reply(length: int) -> str:
-    """A reply of exactly `length` characters, nearly all of it one fenced code block."""
-    head, tail = "Here is the script:\n\n" + FENCE + "python\n", "\n" + FENCE + "\n\nRun it."
-    lines: list[str] = []
-    while len(head) + len("\n".join(lines)) + len(tail) < length - 40:
-        lines.append(f"print({len(lines)})  # step {len(lines)} of the listing")
-    text = head + "\n".join(lines) + tail
-    return text + "!" * (length - len(text))
-
-
 def chunked(text: str, size: int) -> tuple[str, ...]:
     return tuple(text[i:i + size] for i in range(0, len(text), size))
 
@@ -215,196 +110,201 @@ def chunked(text: str, size: int) -> tuple[str, ...]:
 # ---- login and the first messages ------------------------------------------------------------
 
 
-async def test_login_ready_and_guild(fake: FakeDiscord, service: Service) -> None:
+async def test_login_ready_and_guild(fake_discord: FakeDiscord, service: Service) -> None:
     async with serving(service) as adapter:
         client = adapter.client
-        assert client is not None and client.user is not None and client.user.id == fake.bot_id
-        guild = client.get_guild(fake.guild_id)
+        assert client is not None and client.user is not None
+        assert client.user.id == fake_discord.bot_id
+        guild = client.get_guild(fake_discord.guild_id)
         assert guild is not None and guild.self_role is not None
-        assert guild.get_channel(fake.channel_id) is not None
-    assert [c.path for c in fake.calls[:2]] == ["/users/@me", "/oauth2/applications/@me"]
-    hello_to_ready = [f["op"] for f in fake.gateway_frames if f["op"] in (2, 6)]
-    assert hello_to_ready == [2] and fake.identifies == 1
+        assert guild.get_channel(fake_discord.channel_id) is not None
+    assert [c.path for c in fake_discord.calls[:2]] == ["/users/@me", "/oauth2/applications/@me"]
+    hello_to_ready = [f["op"] for f in fake_discord.gateway_frames if f["op"] in (2, 6)]
+    assert hello_to_ready == [2] and fake_discord.identifies == 1
 
 
 @pytest.mark.parametrize("content_intent", [False, True])
 async def test_intents_ask_for_messages_and_content_only_when_configured(
-        fake: FakeDiscord, service: Service, content_intent: bool) -> None:
+        fake_discord: FakeDiscord, service: Service, content_intent: bool) -> None:
     async with serving(service, message_content_intent=content_intent):
         pass
-    identify = next(f for f in fake.gateway_frames if f["op"] == 2)
+    identify = next(f for f in fake_discord.gateway_frames if f["op"] == 2)
     intents = int(identify["d"]["intents"])
     assert intents & INTENT_GUILD_MESSAGES and intents & INTENT_DIRECT_MESSAGES
     assert bool(intents & INTENT_MESSAGE_CONTENT) is content_intent
 
 
-async def test_dm_from_the_bound_owner_gets_admin(fake: FakeDiscord, service: Service,
+async def test_dm_from_the_bound_owner_gets_admin(fake_discord: FakeDiscord, service: Service,
                                                   fake_ollama: FakeOllama) -> None:
     async with serving(service):
-        msg = fake.dm(author_id=fake.owner_id, author_name="owner", content="status?")
+        msg = fake_discord.dm(author_id=fake_discord.owner_id, author_name="owner",
+                              content="status?")
         assert await settled(service, msg) == MessageStatus.ANSWERED
     assert system_prompt(fake_ollama) == ADMIN_PROMPT
     assert user_text(fake_ollama) == "status?"
-    dm = fake.dm_channel_id(fake.owner_id)
-    (reply,) = bot_messages(fake, dm)
+    dm = fake_discord.dm_channel_id(fake_discord.owner_id)
+    (reply,) = bot_messages(fake_discord, dm)
     assert reply["content"] == "Hello there."
-    (create,) = fake.calls_to("POST", f"/channels/{dm}/messages")
+    (create,) = fake_discord.calls_to("POST", f"/channels/{dm}/messages")
     assert "message_reference" not in create.json  # a DM is answered plainly
 
 
-async def test_dm_from_a_stranger_gets_guest(fake: FakeDiscord, service: Service,
+async def test_dm_from_a_stranger_gets_guest(fake_discord: FakeDiscord, service: Service,
                                              fake_ollama: FakeOllama) -> None:
     async with serving(service):
-        msg = fake.dm(author_id=STRANGER_ID, author_name="stranger", content="hi")
+        msg = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger", content="hi")
         assert await settled(service, msg) == MessageStatus.ANSWERED
     assert system_prompt(fake_ollama) == GUEST_PROMPT
-    assert [m["content"] for m in bot_messages(fake, fake.dm_channel_id(STRANGER_ID))] == [
+    stranger_dm = fake_discord.dm_channel_id(STRANGER_ID)
+    assert [m["content"] for m in bot_messages(fake_discord, stranger_dm)] == [
         "Hello there."]
 
 
 async def test_guild_mention_gets_a_guest_reply_referencing_the_message(
-        fake: FakeDiscord, service: Service, fake_ollama: FakeOllama,
+        fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama,
         monkeypatch: pytest.MonkeyPatch) -> None:
     events = record_events(monkeypatch, service)
     async with serving(service):
         # The owner is admin in a DM only; in a server the bot is always the guest.
-        msg = fake.guild_message(author_id=fake.owner_id, author_name="owner",
+        msg = fake_discord.guild_message(author_id=fake_discord.owner_id, author_name="owner",
                                  content="what is 2+2?", mention_bot=True)
         assert await settled(service, msg) == MessageStatus.ANSWERED
     assert system_prompt(fake_ollama) == GUEST_PROMPT
     assert user_text(fake_ollama) == "what is 2+2?"  # the mention itself is not the question
     (event,) = events
     assert (event.chat_kind, event.chat_id, event.group_id) == (
-        ChatKind.GROUP, str(fake.channel_id), str(fake.guild_id))
-    assert (event.sender_id, event.sender_name) == (str(fake.owner_id), "owner")
+        ChatKind.GROUP, str(fake_discord.channel_id), str(fake_discord.guild_id))
+    assert (event.sender_id, event.sender_name) == (str(fake_discord.owner_id), "owner")
     assert event.mentioned and not event.reply_to_bot
-    (create,) = fake.calls_to("POST", f"/channels/{fake.channel_id}/messages")
+    (create,) = fake_discord.calls_to("POST", f"/channels/{fake_discord.channel_id}/messages")
     assert int(create.json["message_reference"]["message_id"]) == int(msg["id"])
     assert create.json["allowed_mentions"] == {"parse": [], "replied_user": False}
-    (reply,) = bot_messages(fake, fake.channel_id)
+    (reply,) = bot_messages(fake_discord, fake_discord.channel_id)
     assert reply["content"] == "Hello there."
     assert reply["type"] == 19 and reply["referenced_message"]["id"] == msg["id"]
 
 
 async def test_guild_message_without_mention_gets_nothing(
-        fake: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
+        fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
     async with serving(service, message_content_intent=True):
-        msg = fake.guild_message(author_id=STRANGER_ID, author_name="stranger",
+        msg = fake_discord.guild_message(author_id=STRANGER_ID, author_name="stranger",
                                  content="anyone around?")
         assert await settled(service, msg) == MessageStatus.IGNORED
     assert chat_requests(fake_ollama) == 0
-    assert fake.calls_to("POST", f"/channels/{fake.channel_id}/typing") == []
-    assert fake.calls_to("POST", f"/channels/{fake.channel_id}/messages") == []
+    assert fake_discord.calls_to("POST", f"/channels/{fake_discord.channel_id}/typing") == []
+    assert fake_discord.calls_to("POST", f"/channels/{fake_discord.channel_id}/messages") == []
 
 
 async def test_everyone_and_a_reply_to_someone_else_do_not_address_the_bot(
-        fake: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
+        fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
     async with serving(service, message_content_intent=True):
-        other = fake.guild_message(author_id=BYSTANDER_ID, author_name="b", content="hi all")
-        reply = fake.guild_message(author_id=STRANGER_ID, author_name="s", content="hi b",
+        other = fake_discord.guild_message(author_id=BYSTANDER_ID, author_name="b",
+                                           content="hi all")
+        reply = fake_discord.guild_message(author_id=STRANGER_ID, author_name="s", content="hi b",
                                    reply_to=int(other["id"]))
         everyone = {**other, "id": "999999999999999991", "content": "@everyone hello",
                     "mention_everyone": True}
-        fake.dispatch("MESSAGE_CREATE", everyone)
+        fake_discord.dispatch("MESSAGE_CREATE", everyone)
         for msg in (other, reply, everyone):
             assert await settled(service, msg) == MessageStatus.IGNORED
     assert chat_requests(fake_ollama) == 0
 
 
 async def test_mention_of_the_bots_role_addresses_it(
-        fake: FakeDiscord, service: Service, fake_ollama: FakeOllama,
+        fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama,
         monkeypatch: pytest.MonkeyPatch) -> None:
     events = record_events(monkeypatch, service)
     async with serving(service, message_content_intent=True):
-        by_role = fake.guild_message(author_id=STRANGER_ID, author_name="s", content="help",
-                                     mention_role=fake.bot_role_id)
-        other_role = fake.guild_message(author_id=STRANGER_ID, author_name="s",
-                                        content="hi all", mention_role=fake.member_role_id)
+        by_role = fake_discord.guild_message(author_id=STRANGER_ID, author_name="s", content="help",
+                                     mention_role=fake_discord.bot_role_id)
+        other_role = fake_discord.guild_message(author_id=STRANGER_ID, author_name="s",
+                                        content="hi all", mention_role=fake_discord.member_role_id)
         assert await settled(service, by_role) == MessageStatus.ANSWERED
         assert await settled(service, other_role) == MessageStatus.IGNORED
     assert user_text(fake_ollama) == "help"
     assert [e.mentioned for e in events] == [True, False]
-    assert events[1].text == f"<@&{fake.member_role_id}> hi all"  # only our own is removed
+    assert events[1].text == f"<@&{fake_discord.member_role_id}> hi all"  # only our own is removed
 
 
-async def test_reply_to_the_bot_addresses_it(fake: FakeDiscord, service: Service,
+async def test_reply_to_the_bot_addresses_it(fake_discord: FakeDiscord, service: Service,
                                              fake_ollama: FakeOllama,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     events = record_events(monkeypatch, service)
     async with serving(service):  # no message-content intent: a reply pings us, so it reads
-        first = fake.guild_message(author_id=STRANGER_ID, author_name="s", content="hey",
+        first = fake_discord.guild_message(author_id=STRANGER_ID, author_name="s", content="hey",
                                    mention_bot=True)
         assert await settled(service, first) == MessageStatus.ANSWERED
-        (answer,) = bot_messages(fake, fake.channel_id)
-        follow_up = fake.guild_message(author_id=STRANGER_ID, author_name="s",
+        (answer,) = bot_messages(fake_discord, fake_discord.channel_id)
+        follow_up = fake_discord.guild_message(author_id=STRANGER_ID, author_name="s",
                                        content="and then?", reply_to=int(answer["id"]))
         assert await settled(service, follow_up) == MessageStatus.ANSWERED
     assert user_text(fake_ollama) == "and then?"
     assert [(e.mentioned, e.reply_to_bot) for e in events] == [(True, False), (False, True)]
-    assert len(bot_messages(fake, fake.channel_id)) == 2
+    assert len(bot_messages(fake_discord, fake_discord.channel_id)) == 2
 
 
-async def test_own_echo_and_other_bots_are_ignored(fake: FakeDiscord, service: Service,
+async def test_own_echo_and_other_bots_are_ignored(fake_discord: FakeDiscord, service: Service,
                                                    fake_ollama: FakeOllama) -> None:
     async with serving(service):
-        msg = fake.dm(author_id=STRANGER_ID, author_name="stranger", content="hello")
+        msg = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger", content="hello")
         assert await settled(service, msg) == MessageStatus.ANSWERED
-        (reply,) = bot_messages(fake, fake.dm_channel_id(STRANGER_ID))
-        bot = fake.guild_message(author_id=OTHER_BOT_ID, author_name="otherbot",
+        (reply,) = bot_messages(fake_discord, fake_discord.dm_channel_id(STRANGER_ID))
+        bot = fake_discord.guild_message(author_id=OTHER_BOT_ID, author_name="otherbot",
                                  content="beep", mention_bot=True, author_is_bot=True)
-        await barrier(fake, service)  # the echo of our reply and the other bot's message
+        await barrier(fake_discord, service)  # the echo of our reply and the other bot's message
     assert await state(service, reply) is None  # the echo never even reached the inbox
     assert await state(service, bot) is None
     assert chat_requests(fake_ollama) == 1
-    assert len(bot_messages(fake, fake.dm_channel_id(STRANGER_ID))) == 1
+    assert len(bot_messages(fake_discord, fake_discord.dm_channel_id(STRANGER_ID))) == 1
 
 
-async def test_thread_is_its_own_chat(fake: FakeDiscord, service: Service,
+async def test_thread_is_its_own_chat(fake_discord: FakeDiscord, service: Service,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     events = record_events(monkeypatch, service)
     async with serving(service):
-        thread_id = fake.add_thread("questions")
-        msg = fake.guild_message(author_id=STRANGER_ID, author_name="s", content="in here?",
+        thread_id = fake_discord.add_thread("questions")
+        msg = fake_discord.guild_message(author_id=STRANGER_ID, author_name="s", content="in here?",
                                  mention_bot=True, channel_id=thread_id)
         assert await settled(service, msg) == MessageStatus.ANSWERED
     (event,) = events
-    assert (event.chat_id, event.group_id) == (str(thread_id), str(fake.guild_id))
-    (reply,) = bot_messages(fake, thread_id)
+    assert (event.chat_id, event.group_id) == (str(thread_id), str(fake_discord.guild_id))
+    (reply,) = bot_messages(fake_discord, thread_id)
     assert reply["referenced_message"]["id"] == msg["id"]
-    assert bot_messages(fake, fake.channel_id) == []
+    assert bot_messages(fake_discord, fake_discord.channel_id) == []
 
 
 async def test_voice_message_becomes_a_lazy_voice_attachment(
-        fake: FakeDiscord, service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake_discord: FakeDiscord, service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     cdn_gets_at_intake: list[int] = []
     accept = service.gateway.accept
     events: list[InboundEvent] = []
 
     async def spy(event: InboundEvent) -> int | None:
         events.append(event)
-        cdn_gets_at_intake.append(len(fake.calls_to("GET", "/voice-message.ogg")))
+        cdn_gets_at_intake.append(len(fake_discord.calls_to("GET", "/voice-message.ogg")))
         return await accept(event)
 
     monkeypatch.setattr(service.gateway, "accept", spy)
     async with serving(service):
-        voice = fake.add_attachment(OGG, "voice-message.ogg", "audio/ogg", duration_secs=1.5,
-                                    waveform="EBAQEA==")
-        msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="", attachments=[voice])
+        voice = fake_discord.add_attachment(OGG, "voice-message.ogg", "audio/ogg",
+                                            duration_secs=1.5, waveform="EBAQEA==")
+        msg = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="",
+                              attachments=[voice])
         await settled(service, msg)  # whatever the gateway makes of it; not this adapter's part
         (event,) = events
         assert cdn_gets_at_intake == [0]  # parsing downloads nothing
         assert event.voice is not None and event.text == ""
         assert (event.voice.mime_type, event.voice.duration) == ("audio/ogg", 1.5)
         assert event.voice.ref == voice["id"]
-        assert await event.voice.fetch() == OGG  # from the fake CDN, on demand
+        assert await event.voice.fetch() == OGG  # from the fake_discord CDN, on demand
 
 
 async def test_resumed_voice_message_is_fetched_again(
-        fake: FakeDiscord, service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake_discord: FakeDiscord, service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     # A voice message a previous run stored and never answered: only its reference survives.
-    voice = fake.add_attachment(OGG, "voice-message.ogg", "audio/ogg", duration_secs=2.0,
+    voice = fake_discord.add_attachment(OGG, "voice-message.ogg", "audio/ogg", duration_secs=2.0,
                                 waveform="EBAQEA==")
-    msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="", attachments=[voice])
+    msg = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="", attachments=[voice])
     left = InboundEvent(platform="discord", chat_id=msg["channel_id"], chat_kind=ChatKind.DM,
                         sender_id=str(STRANGER_ID), sender_name="s", message_id=msg["id"],
                         voice=VoiceAttachment("audio/ogg", 2.0, ref=voice["id"]))
@@ -422,22 +322,22 @@ async def test_resumed_voice_message_is_fetched_again(
         (event,) = answered
         assert event.voice is not None
         assert await event.voice.fetch() == OGG
-    assert fake.calls_to("GET", f"/channels/{msg['channel_id']}/messages/{msg['id']}")
+    assert fake_discord.calls_to("GET", f"/channels/{msg['channel_id']}/messages/{msg['id']}")
 
 
 # ---- streaming ---------------------------------------------------------------------------------
 
 
 async def test_streaming_edits_in_order_at_the_configured_floor(
-        fake: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
+        fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
     words = ("Counting", *(f" {n}" for n in range(1, 16)))
     fake_ollama.script(ScriptedReply(chunks=words, first_token_delay=0.2, token_delay=0.05))
-    fake.edit_floor = EDIT_INTERVAL  # the fake answers 429 to anything closer than the floor
+    fake_discord.edit_floor = EDIT_INTERVAL  # the fake answers 429 to anything closer than this
     async with serving(service):
-        msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="count to fifteen")
+        msg = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="count to fifteen")
         assert await settled(service, msg) == MessageStatus.ANSWERED
-    dm = fake.dm_channel_id(STRANGER_ID)
-    calls = writes(fake, dm)
+    dm = fake_discord.dm_channel_id(STRANGER_ID)
+    calls = writes(fake_discord, dm)
     assert [c.method for c in calls] == ["POST"] + ["PATCH"] * (len(calls) - 1)
     assert len(calls) >= 3 and all(c.status == 200 for c in calls)
     shown = [c.json["content"] for c in calls]
@@ -445,24 +345,24 @@ async def test_streaming_edits_in_order_at_the_configured_floor(
                for earlier, later in pairwise(shown))
     assert shown[-1] == "".join(words)
     assert_paced(calls, EDIT_INTERVAL)
-    (reply,) = bot_messages(fake, dm)
+    (reply,) = bot_messages(fake_discord, dm)
     assert reply["content"] == "".join(words)
     # Typing showed while the model thought, before the first text.
-    (typing,) = fake.calls_to("POST", f"/channels/{dm}/typing")
-    assert fake.calls.index(typing) < fake.calls.index(calls[0])
+    (typing,) = fake_discord.calls_to("POST", f"/channels/{dm}/typing")
+    assert fake_discord.calls.index(typing) < fake_discord.calls.index(calls[0])
 
 
 async def test_long_reply_arrives_as_three_messages_with_fences_intact(
-        fake: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
-    text = code_reply(4500)
+        fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
+    text = code_reply_of_length(4500)
     assert len(text) == 4500
     fake_ollama.script(ScriptedReply(chunks=chunked(text, 50)))
-    fake.edit_floor = EDIT_INTERVAL
+    fake_discord.edit_floor = EDIT_INTERVAL
     async with serving(service):
-        msg = fake.guild_message(author_id=STRANGER_ID, author_name="s",
+        msg = fake_discord.guild_message(author_id=STRANGER_ID, author_name="s",
                                  content="write me a long script", mention_bot=True)
         assert await settled(service, msg) == MessageStatus.ANSWERED
-    pieces = [m["content"] for m in bot_messages(fake, fake.channel_id)]
+    pieces = [m["content"] for m in bot_messages(fake_discord, fake_discord.channel_id)]
     assert len(pieces) == 3
     assert all(len(p) <= TEXT_LIMIT for p in pieces)
     assert all(p.count(FENCE) % 2 == 0 for p in pieces)
@@ -471,11 +371,11 @@ async def test_long_reply_arrives_as_three_messages_with_fences_intact(
     rejoined = [line for p in pieces for line in p.splitlines() if line.strip()]
     assert [line for line in rejoined if not line.startswith(FENCE)] == [
         line for line in original if not line.startswith(FENCE)]
-    creates = fake.calls_to("POST", f"/channels/{fake.channel_id}/messages")
+    creates = fake_discord.calls_to("POST", f"/channels/{fake_discord.channel_id}/messages")
     assert len(creates) == 3
     assert int(creates[0].json["message_reference"]["message_id"]) == int(msg["id"])
     assert all("message_reference" not in c.json for c in creates[1:])
-    calls = writes(fake, fake.channel_id)
+    calls = writes(fake_discord, fake_discord.channel_id)
     assert all(c.status == 200 for c in calls)
     assert_paced(calls, EDIT_INTERVAL)
 
@@ -486,7 +386,7 @@ async def test_long_reply_arrives_as_three_messages_with_fences_intact(
     ("final", 0.4, "adapter"),  # long, on the last edit: retried until it lands
 ])
 async def test_429_on_an_edit_mid_stream_still_completes_the_reply(
-        fake: FakeDiscord, service: Service, fake_ollama: FakeOllama,
+        fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama,
         edit: str, retry_after: float, waits: str) -> None:
     if edit == "progress":
         words = ("Slow", *(f" and {n}" for n in range(10)))
@@ -499,13 +399,13 @@ async def test_429_on_an_edit_mid_stream_still_completes_the_reply(
             # discord.py will not go below 30 s; lowered here so the test needs no long wait.
             assert adapter.client is not None
             adapter.client.http.max_ratelimit_timeout = 0.1
-        fake.fail_next("PATCH", "", retry_after=retry_after)
-        msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="go")
+        fake_discord.fail_next("PATCH", "", retry_after=retry_after)
+        msg = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="go")
         assert await settled(service, msg) == MessageStatus.ANSWERED
-    dm = fake.dm_channel_id(STRANGER_ID)
-    (reply,) = bot_messages(fake, dm)
+    dm = fake_discord.dm_channel_id(STRANGER_ID)
+    (reply,) = bot_messages(fake_discord, dm)
     assert reply["content"] == "".join(words)
-    calls = writes(fake, dm)
+    calls = writes(fake_discord, dm)
     statuses = [c.status for c in calls]
     assert statuses.count(429) == 1 and statuses[-1] == 200
     limited = statuses.index(429)
@@ -518,39 +418,41 @@ async def test_429_on_an_edit_mid_stream_still_completes_the_reply(
 
 @pytest.mark.parametrize("how", ["close-4000", "abort", "op7-reconnect"])
 async def test_gateway_dropped_mid_session_loses_and_repeats_nothing(
-        fake: FakeDiscord, service: Service, fake_ollama: FakeOllama, how: str) -> None:
+        fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama, how: str) -> None:
     fake_ollama.script(ScriptedReply(chunks=("First.",)), ScriptedReply(chunks=("Second.",)))
     async with serving(service):
-        first = fake.dm(author_id=STRANGER_ID, author_name="s", content="one")
+        first = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="one")
         assert await settled(service, first) == MessageStatus.ANSWERED
         if how == "op7-reconnect":
-            fake.request_reconnect()
+            fake_discord.request_reconnect()
         else:
-            await fake.close_gateway(4000 if how == "close-4000" else None)
-        missed = fake.dm(author_id=STRANGER_ID, author_name="s", content="two")
+            await fake_discord.close_gateway(4000 if how == "close-4000" else None)
+        missed = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="two")
         assert await settled(service, missed) == MessageStatus.ANSWERED
-        await until(lambda: fake.resumes == 1, "the RESUME")
-        fake.dispatch("MESSAGE_CREATE", missed)  # the same message once more, after the resume
-        await barrier(fake, service)
-    assert (fake.identifies, fake.resumes) == (1, 1)
+        await until(lambda: fake_discord.resumes == 1, "the RESUME")
+        # The same message once more, after the resume.
+        fake_discord.dispatch("MESSAGE_CREATE", missed)
+        await barrier(fake_discord, service)
+    assert (fake_discord.identifies, fake_discord.resumes) == (1, 1)
     assert chat_requests(fake_ollama) == 2
-    assert [m["content"] for m in bot_messages(fake, fake.dm_channel_id(STRANGER_ID))] == [
+    stranger_dm = fake_discord.dm_channel_id(STRANGER_ID)
+    assert [m["content"] for m in bot_messages(fake_discord, stranger_dm)] == [
         "First.", "Second."]
 
 
-async def test_gateway_dropped_while_a_reply_streams(fake: FakeDiscord, service: Service,
+async def test_gateway_dropped_while_a_reply_streams(fake_discord: FakeDiscord, service: Service,
                                                      fake_ollama: FakeOllama) -> None:
     words = ("Still", *(f" here {n}" for n in range(8)))
     fake_ollama.script(ScriptedReply(chunks=words, token_delay=0.08))
     async with serving(service):
-        msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="talk to me")
-        dm = fake.dm_channel_id(STRANGER_ID)
-        await fake.wait_for_call("POST", f"/channels/{dm}/messages")
-        await fake.close_gateway(None)  # TCP gone; REST keeps working
+        msg = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="talk to me")
+        dm = fake_discord.dm_channel_id(STRANGER_ID)
+        await fake_discord.wait_for_call("POST", f"/channels/{dm}/messages")
+        await fake_discord.close_gateway(None)  # TCP gone; REST keeps working
         assert await settled(service, msg) == MessageStatus.ANSWERED
-        await until(lambda: fake.resumes == 1, "the RESUME")
-        await barrier(fake, service)  # replayed echoes and updates of our reply included
-    (reply,) = bot_messages(fake, dm)
+        await until(lambda: fake_discord.resumes == 1, "the RESUME")
+        await barrier(fake_discord, service)  # replayed echoes and updates of our reply included
+    (reply,) = bot_messages(fake_discord, dm)
     assert reply["content"] == "".join(words)
     assert chat_requests(fake_ollama) == 1
 
@@ -560,12 +462,12 @@ async def no_identify_pause(shard_id: int | None, *, initial: bool = False) -> N
 
 
 async def test_restart_answers_what_was_left_once_even_when_ready_fires_again(
-        fake: FakeDiscord, service: Service, fake_ollama: FakeOllama,
+        fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama,
         monkeypatch: pytest.MonkeyPatch) -> None:
     fake_ollama.script(ScriptedReply(first_token_delay=30.0),  # the run stops mid-turn
                        ScriptedReply(chunks=("Sorry", " for the wait."), first_token_delay=0.5))
     async with serving(service):
-        msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="are you there?")
+        msg = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="are you there?")
         await until(lambda: chat_requests(fake_ollama) == 1, "the model call")
     assert await state(service, msg) == MessageStatus.RECEIVED  # stored, never answered
     async with serving(service) as adapter:
@@ -573,50 +475,51 @@ async def test_restart_answers_what_was_left_once_even_when_ready_fires_again(
         # discord.py spaces IDENTIFYs 5 s apart, Discord's own limit; no need to wait here.
         monkeypatch.setattr(adapter.client, "before_identify_hook", no_identify_pause)
         again = asyncio.create_task(adapter.client.wait_for("ready", timeout=WAIT_LIMIT))
-        fake.invalidate_session(resumable=False)  # a fresh IDENTIFY, so on_ready once more
+        fake_discord.invalidate_session(resumable=False)  # a fresh IDENTIFY, so on_ready once more
         await again
         assert await settled(service, msg) == MessageStatus.ANSWERED
-        await barrier(fake, service)
-    assert fake.identifies == 3
+        await barrier(fake_discord, service)
+    assert fake_discord.identifies == 3
     assert chat_requests(fake_ollama) == 2
-    assert [m["content"] for m in bot_messages(fake, fake.dm_channel_id(STRANGER_ID))] == [
+    stranger_dm = fake_discord.dm_channel_id(STRANGER_ID)
+    assert [m["content"] for m in bot_messages(fake_discord, stranger_dm)] == [
         "Sorry for the wait."]
 
 
 # ---- start-up failures --------------------------------------------------------------------------
 
 
-async def test_no_token_at_all(fake: FakeDiscord, service: Service,
+async def test_no_token_at_all(fake_discord: FakeDiscord, service: Service,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     with pytest.raises(AdapterStartError) as error:
         await make_adapter(service, token=None).serve()
     assert str(error.value) == ("Discord needs a bot token: set channels.discord.token or "
                                 "DISCORD_BOT_TOKEN.")
-    assert fake.calls == []
+    assert fake_discord.calls == []
 
 
-async def test_token_from_the_environment(fake: FakeDiscord, service: Service,
+async def test_token_from_the_environment(fake_discord: FakeDiscord, service: Service,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     async with serving(service, token=None):
         pass
-    assert next(f for f in fake.gateway_frames if f["op"] == 2)["d"]["token"] == TOKEN
+    assert next(f for f in fake_discord.gateway_frames if f["op"] == 2)["d"]["token"] == TOKEN
 
 
-async def test_rejected_token(fake: FakeDiscord, service: Service) -> None:
+async def test_rejected_token(fake_discord: FakeDiscord, service: Service) -> None:
     with pytest.raises(AdapterStartError) as error:
         await asyncio.wait_for(make_adapter(service, token="not.the.token").serve(), WAIT_LIMIT)
     assert str(error.value) == BAD_TOKEN
-    assert [c.status for c in fake.calls_to("GET", "/users/@me")] == [401]
-    assert fake.gateway_connects == []
+    assert [c.status for c in fake_discord.calls_to("GET", "/users/@me")] == [401]
+    assert fake_discord.gateway_connects == []
 
 
-async def test_token_reset_while_connected_closes_4004(fake: FakeDiscord,
+async def test_token_reset_while_connected_closes_4004(fake_discord: FakeDiscord,
                                                        service: Service) -> None:
     task = await started(make_adapter(service))
     try:
-        await fake.close_gateway(4004)
+        await fake_discord.close_gateway(4004)
         with pytest.raises(AdapterStartError) as error:
             await asyncio.wait_for(task, WAIT_LIMIT)
         assert str(error.value) == BAD_TOKEN
@@ -645,14 +548,14 @@ async def test_unreachable_discord(service: Service, monkeypatch: pytest.MonkeyP
     assert str(error.value).startswith("Could not reach Discord to log in")
 
 
-async def test_token_is_never_logged_or_stored(fake: FakeDiscord, service: Service,
+async def test_token_is_never_logged_or_stored(fake_discord: FakeDiscord, service: Service,
                                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     async with serving(service):
-        msg = fake.dm(author_id=STRANGER_ID, author_name="s", content="secret?")
+        msg = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="secret?")
         assert await settled(service, msg) == MessageStatus.ANSWERED
-        await fake.close_gateway(4000)
-        await until(lambda: fake.resumes == 1, "the RESUME")
+        await fake_discord.close_gateway(4000)
+        await until(lambda: fake_discord.resumes == 1, "the RESUME")
     assert any(r.name.startswith("discord.") for r in caplog.records)  # the library did log
     assert TOKEN not in caplog.text
     assert all(TOKEN not in str(row) for row in db_rows(service))

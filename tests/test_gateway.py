@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import sqlite3
 from pathlib import Path
 
 from adapters.console import GUEST, OWNER, ConsoleChat
@@ -11,23 +10,12 @@ from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.service import Service
 from persona.personas import ADMIN_PROMPT, GUEST_PROMPT
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+from tests.support.helpers import db_rows, sent_messages
 
 
 def console(service: Service, sender: str = OWNER) -> tuple[ConsoleChat, io.StringIO, io.StringIO]:
     out, err = io.StringIO(), io.StringIO()
     return ConsoleChat(service.gateway, sender=sender, out=out, err=err), out, err
-
-
-def sent_messages(fake: FakeOllama, index: int = -1) -> list[dict[str, str]]:
-    body = fake.requests_to("/api/chat")[index].body
-    assert body is not None
-    return body["messages"]  # type: ignore[return-value]
-
-
-def db_rows(service: Service, query: str) -> list[tuple[object, ...]]:
-    path = service.config.store_url().split("///", 1)[1]
-    with sqlite3.connect(path) as db:
-        return db.execute(query).fetchall()
 
 
 async def test_owner_gets_admin_prompt_and_sees_the_stream(ollama_service: Service,
@@ -153,7 +141,7 @@ async def test_resume_answers_stored_but_unanswered_events_once(
         data_dir: Path, fake_ollama: FakeOllama) -> None:
     from bot.service import open_service
     from bot.store import inbox
-    from tests.conftest import ollama_config
+    from tests.support.helpers import ollama_config
 
     config = ollama_config(data_dir, fake_ollama)
     async with open_service(config, voice=False) as service:

@@ -10,7 +10,7 @@ import pytest
 
 from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.store import Store, inbox
-from tests.conftest import make_config
+from tests.support.helpers import make_config
 
 TABLES = {"bindings", "sessions", "messages", "inbox", "turns", "pairing_codes",
           "pairing_attempts", "alembic_version"}

@@ -10,77 +10,32 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from adapters.telegram import TelegramAdapter
-from bot.config import BindingSpec, Config
 from bot.errors import AdapterStartError
 from bot.events import MessageStatus
 from bot.logs import setup_logging
 from bot.pairing import create_code
-from bot.service import Service, open_service
+from bot.service import open_service
 from bot.store import inbox
-from bot.store.bindings import add_binding
 from persona.personas import ADMIN_PROMPT, GUEST_PROMPT
-from tests.conftest import make_config
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.fakes.telegram import FakeTelegram
-
-OWNER, STRANGER, GROUP = 1001, 2002, -100500
-FENCE = "`" * 3
-EDIT_INTERVAL = 0.3
-
-
-def telegram_config(data_dir: Path, fake_tg: FakeTelegram, fake_llm: FakeOllama,
-                    token: str | None = None) -> Config:
-    return make_config(
-        data_dir,
-        gateway={"log_level": "debug", "providers": {"ollama": {
-            "type": "ollama", "base_url": fake_llm.base_url, "first_token_timeout": 5,
-            "models": [{"id": fake_llm.models[0], "context_window": 8192,
-                        "max_tokens": 2048}]}}},
-        agents={"default": {"active_model": f"ollama/{fake_llm.models[0]}"}},
-        channels={"telegram": {"token": token or fake_tg.token,
-                               "api_base_url": fake_tg.base_url,
-                               "file_base_url": fake_tg.base_file_url,
-                               "poll_timeout": 2, "edit_interval": EDIT_INTERVAL,
-                               "draft_interval": 0.05}},
-    )
-
-
-@dataclass
-class Running:
-    service: Service
-    adapter: TelegramAdapter
-    tg: FakeTelegram
-    llm: FakeOllama
-
-
-@pytest.fixture
-async def fake_tg() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
-async def start(config: Config, fake_tg: FakeTelegram, fake_ollama: FakeOllama,
-                voice: bool = False) -> AsyncIterator[Running]:
-    async with open_service(config, voice=voice) as service:
-        await add_binding(service.store, BindingSpec(
-            persona="admin", platform="telegram", chat_kind="dm", peer=str(OWNER)))
-        assert config.channels.telegram is not None
-        adapter = TelegramAdapter(config.channels.telegram, service.gateway)
-        task = asyncio.create_task(adapter.serve())
-        await asyncio.wait_for(adapter.ready.wait(), 10)
-        try:
-            yield Running(service, adapter, fake_tg, fake_ollama)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+from tests.support.helpers import FENCE, system_prompt, until
+from tests.support.telegram import (
+    EDIT_INTERVAL,
+    GROUP,
+    OWNER,
+    STRANGER,
+    Running,
+    start,
+    telegram_config,
+    texts,
+)
 
 
 @pytest.fixture
@@ -89,24 +44,6 @@ async def running(data_dir: Path, fake_tg: FakeTelegram,
     async for value in start(telegram_config(data_dir, fake_tg, fake_ollama), fake_tg,
                              fake_ollama):
         yield value
-
-
-async def until(condition: Callable[[], Any], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def system_prompt(llm: FakeOllama, index: int = -1) -> str:
-    body = llm.requests_to("/api/chat")[index].body
-    assert body is not None
-    return str(body["messages"][0]["content"])  # type: ignore[index]
-
-
-def texts(tg: FakeTelegram, chat: int) -> list[str]:
-    return [str(m.get("text", "")) for m in tg.sent_messages(chat)]
 
 
 async def test_owner_dm_gets_admin_and_streams_through_drafts(running: Running) -> None:

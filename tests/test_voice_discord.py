@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from bot.events import MessageStatus
 from bot.service import Service, open_service
 from bot.voice.audio import probe
 from bot.voice.stt import Transcriber
 from bot.voice.tts import SpokenClip, Synthesizer
-from tests.conftest import ollama_config
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
-from tests.test_discord import STRANGER_ID, TOKEN, serving, until
-from tests.test_voice_telegram import ANSWER, QUESTION, heard
+from tests.support.discord import STRANGER_ID, serving, settled
+from tests.support.helpers import ollama_config, until
+from tests.support.voice import ANSWER, QUESTION, heard
 
 VOICE_FLAG = 1 << 13
 
@@ -29,48 +30,41 @@ def spoken_question() -> SpokenClip:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord(token=TOKEN) as server:
-        with server.patch_client_urls():
-            yield server
-
-
-@pytest.fixture
 async def voice_service(data_dir: Path, fake_ollama: FakeOllama) -> AsyncIterator[Service]:
     async with open_service(ollama_config(data_dir, fake_ollama)) as service:
         yield service
 
 
-def voice_attachment(fake: FakeDiscord, clip: SpokenClip) -> dict[str, object]:
-    return fake.add_attachment(clip.ogg_opus, "voice-message.ogg", "audio/ogg",
+def voice_attachment(fake_discord: FakeDiscord, clip: SpokenClip) -> dict[str, object]:
+    return fake_discord.add_attachment(clip.ogg_opus, "voice-message.ogg", "audio/ogg",
                                duration_secs=clip.duration,
                                waveform=base64.b64encode(clip.waveform).decode())
 
 
 async def test_voice_message_in_gets_a_spoken_voice_message_out(
-        fake: FakeDiscord, fake_ollama: FakeOllama, voice_service: Service,
+        fake_discord: FakeDiscord, fake_ollama: FakeOllama, voice_service: Service,
         spoken_question: SpokenClip) -> None:
     fake_ollama.script(ScriptedReply(chunks=ANSWER))
     async with serving(voice_service):
-        channel = fake.dm_channel_id(STRANGER_ID)
-        fake.dm(author_id=STRANGER_ID, author_name="stranger", content="",
-                attachments=[voice_attachment(fake, spoken_question)])
+        channel = fake_discord.dm_channel_id(STRANGER_ID)
+        fake_discord.dm(author_id=STRANGER_ID, author_name="stranger", content="",
+                attachments=[voice_attachment(fake_discord, spoken_question)])
         await until(lambda: any(m.get("flags", 0) & VOICE_FLAG
-                                for m in fake.messages_in(channel) if m["author"]["bot"]),
+                                for m in fake_discord.messages_in(channel) if m["author"]["bot"]),
                     "a voice message from the bot", within=60)
     body = fake_ollama.requests_to("/api/chat")[-1].body
     assert body is not None
     asked = str(body["messages"][-1]["content"])  # type: ignore[index]
     assert asked.startswith("[voice note, transcribed automatically")
     assert heard(asked, "weather", "paris", "today") >= 2, asked
-    from_bot = [m for m in fake.messages_in(channel) if m["author"]["bot"]]
+    from_bot = [m for m in fake_discord.messages_in(channel) if m["author"]["bot"]]
     assert from_bot[0]["content"] == "".join(ANSWER).strip()
     voice = from_bot[-1]
     assert voice["content"] == ""
     (attachment,) = voice["attachments"]
     assert 3.0 < float(attachment["duration_secs"]) < 15.0
     assert 0 < len(base64.b64decode(attachment["waveform"])) <= 256
-    (upload,) = [c for c in fake.calls if c.files and c.method == "POST"]
+    (upload,) = [c for c in fake_discord.calls if c.files and c.method == "POST"]
     audio = next(iter(upload.files.values()))
     info = probe(audio)
     assert (info.codec, info.sample_rate, info.channels) == ("opus", 48_000, 1)
@@ -80,18 +74,18 @@ async def test_voice_message_in_gets_a_spoken_voice_message_out(
 
 
 async def test_a_corrupt_voice_message_gets_a_plain_answer(
-        fake: FakeDiscord, fake_ollama: FakeOllama, voice_service: Service) -> None:
+        fake_discord: FakeDiscord, fake_ollama: FakeOllama, voice_service: Service) -> None:
     async with serving(voice_service):
-        channel = fake.dm_channel_id(STRANGER_ID)
-        broken = fake.add_attachment(b"OggS" + b"\x00" * 300, "voice-message.ogg", "audio/ogg",
-                                     duration_secs=2.0, waveform="AAAA")
-        fake.dm(author_id=STRANGER_ID, author_name="stranger", content="",
-                attachments=[broken])
-        await until(lambda: any(m["author"]["bot"] for m in fake.messages_in(channel)),
-                    "the bot's answer", within=30)
-        fake.dm(author_id=STRANGER_ID, author_name="stranger", content="and text?")
-        await until(lambda: len([m for m in fake.messages_in(channel)
-                                 if m["author"]["bot"]]) == 2, "the text answer", within=30)
-    replies = [m["content"] for m in fake.messages_in(channel) if m["author"]["bot"]]
+        channel = fake_discord.dm_channel_id(STRANGER_ID)
+        broken = fake_discord.add_attachment(b"OggS" + b"\x00" * 300, "voice-message.ogg",
+                                             "audio/ogg", duration_secs=2.0, waveform="AAAA")
+        voice = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger", content="",
+                                attachments=[broken])
+        # Settled means delivered and recorded: the reply's last edit has landed by then.
+        assert await settled(voice_service, voice) == MessageStatus.FAILED
+        text = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger",
+                               content="and text?")
+        assert await settled(voice_service, text) == MessageStatus.ANSWERED
+    replies = [m["content"] for m in fake_discord.messages_in(channel) if m["author"]["bot"]]
     assert replies == ["I couldn't make out that voice note.", "Hello there."]
     assert len(fake_ollama.requests_to("/api/chat")) == 1

@@ -4,7 +4,6 @@ out as a real voice note. Real piper, real faster-whisper, real python-telegram-
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,19 +14,11 @@ from bot.config import Config
 from bot.voice.audio import probe
 from bot.voice.stt import Transcriber
 from bot.voice.tts import SpokenClip, Synthesizer
-from tests.conftest import make_config
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.fakes.telegram import FakeTelegram
-from tests.test_telegram import GROUP, STRANGER, Running, start, texts, until
-
-QUESTION = "What is the weather like in Paris today?"
-ANSWER = ("It is sunny and warm in Paris today. ", "Take your sunglasses with you. ",
-          "Enjoy a long walk along the river.")
-
-
-def heard(text: str, *words: str) -> int:
-    said = set(re.findall(r"[a-z]+", text.lower()))
-    return sum(word in said for word in words)
+from tests.support.helpers import make_config, until, user_text
+from tests.support.telegram import GROUP, STRANGER, Running, start, texts
+from tests.support.voice import ANSWER, QUESTION, heard
 
 
 @pytest.fixture(scope="module")
@@ -56,23 +47,11 @@ def voice_config(data_dir: Path, tg: FakeTelegram, llm: FakeOllama,
 
 
 @pytest.fixture
-async def fake_tg() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def running(data_dir: Path, fake_tg: FakeTelegram,
                   fake_ollama: FakeOllama) -> AsyncIterator[Running]:
     async for value in start(voice_config(data_dir, fake_tg, fake_ollama), fake_tg,
                              fake_ollama, voice=True):
         yield value
-
-
-def last_user_message(llm: FakeOllama) -> str:
-    body = llm.requests_to("/api/chat")[-1].body
-    assert body is not None
-    return str(body["messages"][-1]["content"])  # type: ignore[index]
 
 
 async def test_voice_note_in_gets_transcribed_and_a_spoken_reply_out(
@@ -81,7 +60,7 @@ async def test_voice_note_in_gets_transcribed_and_a_spoken_reply_out(
     running.tg.push_voice(chat_id=STRANGER, from_id=STRANGER, data=spoken_question.ogg_opus,
                           duration=round(spoken_question.duration))
     await until(lambda: running.tg.voices_sent, within=60)
-    asked = last_user_message(running.llm)
+    asked = user_text(running.llm)
     assert asked.startswith("[voice note, transcribed automatically")
     assert heard(asked, "weather", "paris", "today") >= 2, asked
     assert texts(running.tg, STRANGER)[0] == "".join(ANSWER).strip()
@@ -145,7 +124,7 @@ async def test_in_a_group_a_voice_note_naming_the_bot_counts_as_a_mention(
                           data=spoken_to_the_bot.ogg_opus, duration=3)
     await until(lambda: running.tg.voices_sent, within=60)
     (request,) = running.llm.requests_to("/api/chat")
-    assert heard(last_user_message(running.llm), "time") == 1
+    assert heard(user_text(running.llm), "time") == 1
     assert texts(running.tg, GROUP)[0] == "Hello there."
     assert request.body is not None
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from adapters.telegram import TelegramAdapter
 from bot.service import open_service
-from tests.conftest import make_config
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.fakes.telegram import Call, FakeTelegram
+from tests.support.helpers import make_config
 
 CHAT = 4242
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from adapters.telegram import TelegramAdapter
 from bot.service import open_service
 from bot.voice.tts import Synthesizer
-from tests.conftest import make_config
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.fakes.telegram import Call, FakeTelegram
+from tests.support.helpers import make_config
 
 ANSWER = ("It is sunny and warm in Paris today. ", "Take your sunglasses with you. ",
           "Enjoy a long walk along the river.")

@@ -24,13 +24,14 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import discord.gateway
 import discord.http
 import yarl
 from aiohttp import BodyPartReader, WSMsgType, web
+
+from tests.fakes.server import FakeServer
 
 Json = dict[str, Any]
 
@@ -137,7 +138,7 @@ def _too_long() -> tuple[int, Json]:
     return _form_error("content", "BASE_TYPE_MAX_LENGTH", message)
 
 
-class FakeDiscord:
+class FakeDiscord(FakeServer):
     """One bot, one guild, one shard. Start it, patch discord.py's URLs, drive a real Client."""
 
     def __init__(
@@ -162,7 +163,7 @@ class FakeDiscord:
         self.gateway_connects: list[str] = []  # path and query of every gateway connection
         self.identifies = 0
         self.resumes = 0
-        self.port = 0
+        super().__init__()
 
         self._counter = 0
         self.guild_id = self._snowflake()
@@ -184,7 +185,6 @@ class FakeDiscord:
         self._last_write: dict[int, float] = {}
         self._session: _Session | None = None
         self._conns: set[_Conn] = set()
-        self._runner: web.AppRunner | None = None
 
         self._add_user(bot_id, bot_name, bot=True, roles=[self.bot_role_id])
         self._add_user(self.owner_id, "owner", roles=[self.member_role_id])
@@ -210,33 +210,21 @@ class FakeDiscord:
     def gateway_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/gateway"
 
-    async def start(self) -> None:
+    # Gateway connections are closed by `closing`, not cancelled mid-frame.
+    runner_options: ClassVar[dict[str, Any]] = {}
+
+    def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/resume", self._gateway)  # READY's resume_gateway_url
         app.router.add_get("/attachments/{tail:.*}", self._cdn_get)
         app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._api)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        return app
 
-    async def stop(self) -> None:
+    async def closing(self) -> None:
         for conn in list(self._conns):
             await conn.stop_writer()
             await conn.ws.close(code=1001)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeDiscord:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
     @contextlib.contextmanager
     def patch_client_urls(self) -> Iterator[None]:

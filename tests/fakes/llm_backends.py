@@ -14,11 +14,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+
+from tests.fakes.server import FakeServer
 
 Json = dict[str, Any]
 
@@ -55,7 +56,7 @@ def _dumps(payload: object) -> str:
     return json.dumps(payload, separators=(",", ":"))
 
 
-class _FakeBackend:
+class _FakeBackend(FakeServer):
     """Lifecycle, request recording, the reply queue and the paced writer shared by both."""
 
     _url_suffix = ""
@@ -63,9 +64,8 @@ class _FakeBackend:
     def __init__(self, models: Sequence[str]) -> None:
         self.models: list[str] = list(models)
         self.requests: list[RecordedRequest] = []
-        self.port = 0
+        super().__init__()
         self._queue: deque[ScriptedReply] = deque()
-        self._runner: web.AppRunner | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
 
     @property
@@ -78,33 +78,14 @@ class _FakeBackend:
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
 
-    async def start(self, port: int = 0) -> None:
+    def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._recorder()])
         self._add_routes(app)
-        # handler_cancellation stops a handler as soon as its client hangs up, and the short
-        # grace period bounds stop() even for a handler that somehow outlives cancellation.
-        runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.2)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        return app
 
-    async def stop(self) -> None:
-        if self._runner is None:
-            return
+    async def closing(self) -> None:
         for task in list(self._inflight):  # open streams would otherwise hold cleanup up
             task.cancel()
-        await self._runner.cleanup()
-        self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
 
     def _recorder(self) -> Middleware:
         @web.middleware

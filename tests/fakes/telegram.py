@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.server import FakeServer
 
 Json = dict[str, Any]
 Handler = Callable[[Json, dict[str, bytes]], Awaitable[Any]]
@@ -299,7 +300,7 @@ def _response(body: Json, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(body), status=status, content_type="application/json")
 
 
-class FakeTelegram:
+class FakeTelegram(FakeServer):
     """Point PTB at it with ``.base_url(fake.base_url).base_file_url(fake.base_file_url)``.
 
     Chats are remembered from pushed updates (type, title); an unknown positive chat id is a
@@ -315,8 +316,7 @@ class FakeTelegram:
         self.calls: list[Call] = []
         self.downloads: list[str] = []  # file paths fetched from the file endpoint
         self.edit_floor: float | None = None
-        self.port: int | None = None
-        self._runner: web.AppRunner | None = None
+        super().__init__()
         self._closing = False
         self._pending: list[Json] = []
         self._next_update_id = 100_000
@@ -349,32 +349,17 @@ class FakeTelegram:
 
     # lifecycle
 
-    async def start(self) -> None:
+    def build_app(self) -> web.Application:
         self._closing = False
         app = web.Application(client_max_size=64 * 1024 * 1024)  # voice notes go up to 50 MB
         app.router.add_route("*", "/bot{token}/{method}", self._api)
         app.router.add_get("/file/bot{token}/{path:.+}", self._download)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                                     shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = int(self._runner.addresses[0][1])
+        return app
 
-    async def stop(self) -> None:
+    async def closing(self) -> None:
         # Parked polls must return first, or aiohttp's cleanup waits them out.
         self._closing = True
         self._wake()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.stop()
 
     @property
     def base_url(self) -> str:
@@ -385,7 +370,7 @@ class FakeTelegram:
         return f"http://127.0.0.1:{self._port()}/file/bot"
 
     def _port(self) -> int:
-        if self.port is None:
+        if not self.started:
             raise RuntimeError("FakeTelegram is not started")
         return self.port
 
