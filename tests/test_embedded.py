@@ -10,13 +10,18 @@ import pytest
 
 from bot.config import BUNDLED_MODEL_ID, GenerationParams, ModelSpec, ProviderSpec
 from bot.errors import ContextOverflow
-from bot.providers import ChatMessage, StreamEnd, TextDelta
-from bot.providers.embedded import EmbeddedProvider
+from bot.providers import ChatMessage, StreamEnd, TextDelta, ToolCallDelta, ToolSpec
+from bot.providers.embedded import EmbeddedProvider, template_message
 
 MODEL = ModelSpec(id=BUNDLED_MODEL_ID, context_window=2048, max_tokens=48)
 PARAMS = GenerationParams()
 QUESTION = (ChatMessage("system", "You are a helpful assistant."),
             ChatMessage("user", "Name three colours."))
+TOOL_MODEL = ModelSpec(id=BUNDLED_MODEL_ID, context_window=2048, max_tokens=8,
+                       capabilities=("tools",))
+FILE_READ = ToolSpec("file_read", "Read a file",
+                     {"type": "object", "properties": {"path": {"type": "string"}}})
+READ = ToolCallDelta("call_0", "file_read", {"path": "a.txt"})
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +87,8 @@ async def test_a_turn_for_another_model_waits_instead_of_unloading_a_busy_one(
             self.name, self.closed, self.misuse = name, False, False
 
         def generate(self, messages: object, params: object, max_tokens: int,
-                     emit: embedded.Emit, cancelled: threading.Event) -> Generated:
+                     emit: embedded.Emit, cancelled: threading.Event,
+                     tools: object = ()) -> Generated:
             for word in ("one ", "two ", "three"):
                 self.misuse |= self.closed
                 threading.Event().wait(0.05)
@@ -107,3 +113,57 @@ async def test_a_turn_for_another_model_waits_instead_of_unloading_a_busy_one(
     assert all(isinstance(reply[-1], StreamEnd) for reply in replies)
     assert not any(engine.misuse for engine in engines)
     assert all(engine.closed for engine in engines)
+
+
+async def test_tools_and_tool_history_pass_through_llama_cpp(provider: EmbeddedProvider) -> None:
+    # The bundled model's template ignores tools; what matters is that llama.cpp takes the
+    # schemas and a history with a call and its result, and still answers.
+    history = (*QUESTION, ChatMessage.tool_request([READ]), ChatMessage.tool_result(READ, "red"))
+    deltas = await asyncio.wait_for(
+        _collect(provider.stream(TOOL_MODEL, history, PARAMS, tools=[FILE_READ])), timeout=60)
+    assert isinstance(deltas[-1], StreamEnd)
+
+
+def test_history_reaches_chat_templates_in_their_convention() -> None:
+    assert template_message(ChatMessage.tool_request([READ])) == {
+        "role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_0", "type": "function",
+             "function": {"name": "file_read", "arguments": {"path": "a.txt"}}}]}
+    assert template_message(ChatMessage.tool_result(READ, "red")) == {
+        "role": "tool", "content": "red", "tool_call_id": "call_0", "name": "file_read"}
+
+
+async def test_a_call_written_as_text_by_an_embedded_model_is_recovered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from bot.providers import embedded
+    from bot.providers.embedded import Generated
+
+    offered: list[object] = []
+
+    class ScriptedEngine:
+        def generate(self, messages: object, params: object, max_tokens: int,
+                     emit: embedded.Emit, cancelled: threading.Event,
+                     tools: object = ()) -> Generated:
+            offered.append(tools)
+            for piece in ("<tool_call>", '{"name": "file_read", ', '"arguments": {"path": ',
+                          '"a.txt"}}', "</tool_call>"):
+                emit(piece)
+            return Generated("stop", 1, 5)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(embedded, "open_engine", lambda model, threads: ScriptedEngine())
+    local = EmbeddedProvider("local", ProviderSpec(type="embedded", models=(TOOL_MODEL,)))
+    deltas = await _collect(local.stream(TOOL_MODEL, QUESTION, PARAMS, tools=[FILE_READ]))
+    plain = await _collect(local.stream(MODEL, QUESTION, PARAMS, tools=[FILE_READ]))
+    await local.close()
+    assert [type(d) for d in deltas] == [ToolCallDelta, StreamEnd]
+    call = deltas[0]
+    assert isinstance(call, ToolCallDelta)
+    assert (call.name, call.arguments) == ("file_read", {"path": "a.txt"})
+    # A model without the tools capability gets no schemas, and its text stays text.
+    assert offered == [(FILE_READ,), ()]
+    assert not any(isinstance(d, ToolCallDelta) for d in plain)

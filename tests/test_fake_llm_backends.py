@@ -119,6 +119,39 @@ async def test_ollama_non_streaming(ollama: FakeOllama, client: httpx.AsyncClien
     assert body["eval_count"] == 2
 
 
+async def test_ollama_calls_batched_in_one_line_without_ids(
+    ollama: FakeOllama, client: httpx.AsyncClient
+) -> None:
+    ollama.script(ScriptedReply.calling(
+        ToolCall("file_read", {"path": "a.txt"}, id=""),
+        ToolCall("knowledge_lookup", raw_arguments="{bad", id=""), batch_tool_calls=True))
+    async with client.stream("POST", f"{ollama.base_url}/api/chat", json=chat_body()) as resp:
+        lines = await ndjson(resp)
+    call_line, final = lines
+    assert call_line["message"]["content"] == ""
+    assert call_line["message"]["tool_calls"] == [
+        {"function": {"index": 0, "name": "file_read", "arguments": {"path": "a.txt"}}},
+        {"function": {"index": 1, "name": "knowledge_lookup", "arguments": "{bad"}}]
+    assert final["done"] is True
+
+
+async def test_scripts_advance_per_chat_request_and_bodies_are_kept(
+    ollama: FakeOllama, client: httpx.AsyncClient
+) -> None:
+    ollama.script(ScriptedReply.calling(ToolCall("file_read", {"path": "a.txt"})),
+                  ScriptedReply(chunks=("done",)))
+    url = f"{ollama.base_url}/api/chat"
+    tools = [{"type": "function", "function": {"name": "file_read"}}]
+    first = (await client.post(url, json=chat_body(stream=False, tools=tools))).json()
+    await client.get(f"{ollama.base_url}/api/ps")  # other endpoints take nothing off the script
+    result = {"role": "tool", "content": "hi", "tool_name": "file_read"}
+    follow_up = chat_body(stream=False, messages=[*HI, first["message"], result])
+    second = (await client.post(url, json=follow_up)).json()
+    assert first["message"]["tool_calls"][0]["function"]["name"] == "file_read"
+    assert second["message"] == {"role": "assistant", "content": "done"}
+    assert ollama.chat_bodies() == [chat_body(stream=False, tools=tools), follow_up]
+
+
 async def test_ollama_generate_streams_response_field(
     ollama: FakeOllama, client: httpx.AsyncClient
 ) -> None:
@@ -268,6 +301,43 @@ async def test_openai_tool_calls_merge_by_index(
         ("file_read", {"path": "a.txt"}), ("shell_exec", {"cmd": "ls"})]
     assert all(m["id"] for m in merged.values())
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def _tool_deltas(openai: FakeOpenAI, client: httpx.AsyncClient,
+                       reply: ScriptedReply) -> list[list[dict[str, Any]]]:
+    openai.script(reply)
+    async with client.stream(
+        "POST", f"{openai.base_url}/chat/completions", json=chat_body(stream=True)
+    ) as r:
+        chunks = [json.loads(p) for p in (await sse_payloads(r))[:-1]]
+    return [c["choices"][0]["delta"]["tool_calls"] for c in chunks
+            if "tool_calls" in c["choices"][0]["delta"]]
+
+
+async def test_openai_argument_fragments_interleave_across_calls(
+    openai: FakeOpenAI, client: httpx.AsyncClient
+) -> None:
+    deltas = await _tool_deltas(openai, client, ScriptedReply.calling(
+        ToolCall("file_read", {"path": "abc"}, pieces=3),
+        ToolCall("shell_exec", raw_arguments='{"cmd": "l', pieces=2, id=""),
+        interleave_arguments=True))
+    assert [len(d) for d in deltas] == [1] * 7
+    assert [d[0]["index"] for d in deltas] == [0, 1, 0, 1, 0, 1, 0]
+    assert deltas[0][0]["id"] == "call_1_0" and "id" not in deltas[1][0]
+    args = {0: "", 1: ""}
+    for d in deltas:
+        args[d[0]["index"]] += d[0]["function"]["arguments"]
+    assert args == {0: '{"path": "abc"}', 1: '{"cmd": "l'}
+
+
+async def test_openai_batched_calls_share_deltas(
+    openai: FakeOpenAI, client: httpx.AsyncClient
+) -> None:
+    deltas = await _tool_deltas(openai, client, ScriptedReply.calling(
+        ToolCall("file_read", {"path": "a"}, pieces=2), ToolCall("shell_exec", {}),
+        batch_tool_calls=True))
+    assert [[c["index"] for c in d] for d in deltas] == [[0, 1], [0, 1], [0]]
+    assert [c["function"]["name"] for c in deltas[0]] == ["file_read", "shell_exec"]
 
 
 async def test_openai_non_streaming(openai: FakeOpenAI, client: httpx.AsyncClient) -> None:

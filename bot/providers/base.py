@@ -10,11 +10,7 @@ from typing import Literal, Protocol, TypeVar
 from bot.config import GenerationParams, ModelSpec
 from bot.errors import ProviderTimeout
 
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str
+Role = Literal["system", "user", "assistant", "tool"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +29,57 @@ class TextDelta:
 
 @dataclass(frozen=True)
 class ToolCallDelta:
+    """One complete tool call the model made; several may come in one reply.
+
+    `id` is the backend's call id, or a stable one made up from the call when the backend gives
+    none (Ollama, a raw-JSON reply). When the model wrote arguments that are not a JSON object,
+    `arguments` is empty and `raw_arguments` keeps exactly what it wrote, so the caller can
+    tell the model its call was malformed instead of running the tool with nothing.
+    """
+
     id: str
     name: str
     arguments: dict[str, object]
+    raw_arguments: str | None = None
+
+    @property
+    def malformed(self) -> bool:
+        return self.raw_arguments is not None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of the history sent to the model.
+
+    Besides plain text, history carries tool traffic: an assistant message holding the calls the
+    model made (`tool_calls`, content usually empty), then one `tool` message per call with the
+    result as `content` and the id (and name) of the call it answers. Build those two with
+    `ChatMessage.tool_request(calls)` and `ChatMessage.tool_result(call, text)`.
+    """
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"a {self.role} message cannot carry tool calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the id of the call it answers")
+        if self.role != "tool" and (self.tool_call_id or self.tool_name):
+            raise ValueError(f"a {self.role} message cannot answer a tool call")
+
+    @classmethod
+    def tool_request(cls, tool_calls: Sequence[ToolCallDelta], text: str = "") -> ChatMessage:
+        """The assistant's step that asked for these calls (and any text it said with them)."""
+        return cls("assistant", text, tool_calls=tuple(tool_calls))
+
+    @classmethod
+    def tool_result(cls, call: ToolCallDelta, content: str) -> ChatMessage:
+        """What running `call` produced (or the error to show the model), to send back."""
+        return cls("tool", content, tool_call_id=call.id, tool_name=call.name)
 
 
 @dataclass(frozen=True)
@@ -58,7 +102,14 @@ class ChatProvider(Protocol):
         params: GenerationParams,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[Delta]:
-        """Stream one reply. Ends with exactly one StreamEnd, or raises a ProviderError."""
+        """Stream one reply. Ends with exactly one StreamEnd, or raises a ProviderError.
+
+        Text comes as TextDeltas as it is produced; each tool call comes as one complete
+        ToolCallDelta (arguments already assembled), before the StreamEnd. A reply that made
+        calls is recognised by its ToolCallDeltas, not by `finish_reason`: backends disagree on
+        it ("tool_calls", or "stop" from Ollama and from replies recovered out of raw JSON).
+        `tools` reach the model only if its capabilities list "tools" (see `offered_tools`).
+        """
         ...
 
     async def warm(self, model: ModelSpec) -> None:
@@ -68,6 +119,19 @@ class ChatProvider(Protocol):
         """Release the model (the next model to load needs the memory)."""
 
     async def close(self) -> None: ...
+
+
+TOOLS_CAPABILITY = "tools"
+
+
+def offered_tools(model: ModelSpec, tools: Sequence[ToolSpec]) -> tuple[ToolSpec, ...]:
+    """The tools a provider actually offers `model`: none unless its config lists "tools".
+
+    The one place that decides it, called by every provider: a model that cannot call tools
+    gets a plain prompt (schemas would only cost it prompt tokens and invite made-up calls),
+    and its text is never read as a tool call.
+    """
+    return tuple(tools) if TOOLS_CAPABILITY in model.capabilities else ()
 
 
 T = TypeVar("T")

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +24,10 @@ from bot.providers.base import (
     StreamEnd,
     TextDelta,
     ToolSpec,
+    offered_tools,
 )
 from bot.providers.bundled import bundled_model_path
+from bot.providers.toolcalls import function_schema, recover_text_tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,8 @@ class Generated:
 
 class Engine(Protocol):
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
-                 max_tokens: int, emit: Emit, cancelled: threading.Event) -> Generated: ...
+                 max_tokens: int, emit: Emit, cancelled: threading.Event,
+                 tools: Sequence[ToolSpec] = ()) -> Generated: ...
 
     def close(self) -> None:
         """Release the weights; called on the thread that ran the model."""
@@ -58,13 +61,20 @@ class LlamaCppEngine:
         self.llm.close()
 
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
-                 max_tokens: int, emit: Emit, cancelled: threading.Event) -> Generated:
-        wire: Any = [{"role": m.role, "content": m.content} for m in messages]
+                 max_tokens: int, emit: Emit, cancelled: threading.Event,
+                 tools: Sequence[ToolSpec] = ()) -> Generated:
+        wire: Any = [template_message(m) for m in messages]
+        # With tool_choice "auto", llama.cpp only hands the schemas to the GGUF's chat template
+        # (Qwen, Hermes and Llama 3.1 templates describe them to the model; others, like the
+        # bundled SmolLM2's, ignore them) and returns plain text; calls written as text are
+        # recovered by the provider.
+        offered: Any = {"tools": [function_schema(t) for t in tools],
+                        "tool_choice": "auto"} if tools else {}
         try:
             chunks: Any = self.llm.create_chat_completion(
                 messages=wire,
                 stream=True, temperature=params.temperature, top_p=params.top_p,
-                repeat_penalty=params.repeat_penalty, max_tokens=max_tokens,
+                repeat_penalty=params.repeat_penalty, max_tokens=max_tokens, **offered,
             )
             produced, finish_reason = 0, "stop"
             for chunk in chunks:
@@ -106,14 +116,17 @@ class MlxEngine:
         mx.clear_streams()
 
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
-                 max_tokens: int, emit: Emit, cancelled: threading.Event) -> Generated:
+                 max_tokens: int, emit: Emit, cancelled: threading.Event,
+                 tools: Sequence[ToolSpec] = ()) -> Generated:
         from contextlib import closing
 
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
+        # The Hugging Face template renders the schemas when it knows how (like llama.cpp's).
         prompt = self.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
+            [template_message(m) for m in messages],
+            tools=[function_schema(t) for t in tools] or None,
             add_generation_prompt=True,
         )
         last: Any = None
@@ -137,6 +150,21 @@ class MlxEngine:
         if last is None:
             return Generated(finish_reason, None, 0)
         return Generated(finish_reason, last.prompt_tokens, last.generation_tokens)
+
+
+def template_message(message: ChatMessage) -> dict[str, object]:
+    """A history message as chat templates (Hugging Face's convention, which llama.cpp follows)
+    read it: call arguments as an object, a result with its call id and tool name."""
+    out: dict[str, object] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in message.tool_calls]
+    if message.role == "tool":
+        out["tool_call_id"] = message.tool_call_id
+        if message.tool_name:
+            out["name"] = message.tool_name
+    return out
 
 
 def open_engine(model: ModelSpec, threads: int) -> Engine:
@@ -203,13 +231,24 @@ class EmbeddedProvider:
         engine, self._resident = self._resident[1], None
         await asyncio.get_running_loop().run_in_executor(self._executor, engine.close)
 
-    async def stream(
+    def stream(
         self,
         model: ModelSpec,
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[Delta]:
+        offered = offered_tools(model, tools)
+        deltas = self._stream(model, messages, params, offered)
+        return recover_text_tool_calls(deltas, offered) if offered else deltas
+
+    async def _stream(
+        self,
+        model: ModelSpec,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        tools: Sequence[ToolSpec],
+    ) -> AsyncGenerator[Delta, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | _Finished | BaseException] = asyncio.Queue()
         cancelled = threading.Event()
@@ -221,7 +260,8 @@ class EmbeddedProvider:
         def work() -> None:
             try:
                 hand_over(_Finished(engine.generate(
-                    messages, params, params.max_tokens or model.max_tokens, hand_over, cancelled
+                    messages, params, params.max_tokens or model.max_tokens, hand_over, cancelled,
+                    tools,
                 )))
             except BaseException as exc:  # the consumer re-raises it on the loop
                 hand_over(exc)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from bot.config import GenerationParams, ModelSpec, ProviderSpec
 from bot.errors import StreamInterrupted
@@ -14,8 +13,10 @@ from bot.providers.base import (
     TextDelta,
     ToolCallDelta,
     ToolSpec,
+    offered_tools,
 )
 from bot.providers.http import HttpBackend, int_or_none, parse_json_line
+from bot.providers.toolcalls import function_schema, make_call, recover_text_tool_calls
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
 
@@ -25,16 +26,27 @@ class OllamaProvider:
         self.http = HttpBackend(name, spec, spec.base_url or DEFAULT_BASE_URL)
         self.keep_alive = spec.keep_alive
 
-    async def stream(
+    def stream(
         self,
         model: ModelSpec,
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[Delta]:
+        offered = offered_tools(model, tools)
+        deltas = self._stream(model, messages, params, offered)
+        return recover_text_tool_calls(deltas, offered) if offered else deltas
+
+    async def _stream(
+        self,
+        model: ModelSpec,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        tools: Sequence[ToolSpec],
+    ) -> AsyncGenerator[Delta, None]:
         body: dict[str, object] = {
             "model": model.id,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [wire_message(m) for m in messages],
             "stream": True,
             # Sent on every request: without it Ollama unloads the model after 5 idle minutes.
             "keep_alive": self.keep_alive,
@@ -48,7 +60,8 @@ class OllamaProvider:
             },
         }
         if tools:
-            body["tools"] = [_tool_schema(t) for t in tools]
+            body["tools"] = [function_schema(t) for t in tools]
+        calls_seen = 0
         async with self.http.post_stream("/api/chat", body) as response:
             async for line in self.http.lines(response):
                 item = parse_json_line(line, self.http.name)
@@ -58,8 +71,11 @@ class OllamaProvider:
                 if isinstance(message, dict):
                     if content := message.get("content"):
                         yield TextDelta(str(content))
-                    for number, call in enumerate(message.get("tool_calls") or []):
-                        yield _tool_call(call, number)
+                    # Several calls may share one line (with empty content) or come one a line;
+                    # numbering runs over the whole reply so made-up ids stay distinct.
+                    for call in message.get("tool_calls") or []:
+                        yield _tool_call(call, calls_seen)
+                        calls_seen += 1
                 if item.get("done"):
                     yield StreamEnd(
                         finish_reason=str(item.get("done_reason") or "stop"),
@@ -88,16 +104,28 @@ class OllamaProvider:
         await self.http.close()
 
 
-def _tool_schema(tool: ToolSpec) -> dict[str, object]:
-    return {"type": "function", "function": {"name": tool.name, "description": tool.description,
-                                             "parameters": tool.parameters}}
+def wire_message(message: ChatMessage) -> dict[str, object]:
+    """A history message as `/api/chat` reads it.
+
+    Ollama takes call arguments as an object and matches a result to its call by `tool_name`;
+    versions that number calls also read `id` / `tool_call_id`, which older ones ignore.
+    """
+    out: dict[str, object] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        # A call whose arguments were unreadable goes back with none: Ollama rejects a string.
+        out["tool_calls"] = [{"id": c.id, "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in message.tool_calls]
+    if message.role == "tool":
+        if message.tool_name:
+            out["tool_name"] = message.tool_name
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
-def _tool_call(call: object, number: int) -> ToolCallDelta:
-    function = call.get("function", {}) if isinstance(call, dict) else {}
-    arguments = function.get("arguments") or {}
-    if isinstance(arguments, str):
-        arguments = json.loads(arguments or "{}")
-    call_id = call.get("id") if isinstance(call, dict) else None
-    return ToolCallDelta(id=str(call_id or f"call_{number}"), name=str(function.get("name", "")),
-                         arguments=dict(arguments))
+def _tool_call(call: object, index: int) -> ToolCallDelta:
+    call = call if isinstance(call, dict) else {}
+    function = call.get("function")
+    function = function if isinstance(function, dict) else {}
+    # Arguments arrive as a JSON object; some builds and proxies send them as JSON text.
+    return make_call(index, str(function.get("name") or ""), function.get("arguments"),
+                     call.get("id"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,25 +16,68 @@ from bot.providers.base import (
     TextDelta,
     ToolCallDelta,
     ToolSpec,
+    offered_tools,
 )
 from bot.providers.http import HttpBackend, int_or_none, parse_json_line
+from bot.providers.toolcalls import function_schema, make_call, recover_text_tool_calls
 
 
 @dataclass
 class _PartialToolCall:
-    """Servers stream a tool call's arguments as string fragments; they are joined here."""
+    """Servers stream a tool call's id and name first, then its arguments as string fragments
+    (several calls' fragments may interleave); they are joined here, keyed by `index`."""
 
     id: str = ""
     name: str = ""
     arguments: list[str] = field(default_factory=list)
 
-    def finish(self, backend: str) -> ToolCallDelta:
-        text = "".join(self.arguments) or "{}"
-        try:
-            arguments = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StreamInterrupted(f"{backend}: tool call {self.name} has bad arguments") from exc
-        return ToolCallDelta(id=self.id, name=self.name, arguments=dict(arguments))
+    def merge(self, fragment: dict[str, Any]) -> None:
+        self.id = str(fragment.get("id") or self.id)
+        function = fragment.get("function")
+        if isinstance(function, dict):
+            self.name = str(function.get("name") or self.name)
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                self.arguments.append(arguments)
+            elif arguments:  # a server that sends the object itself, not its text
+                self.arguments.append(json.dumps(arguments))
+
+    def finish(self, index: int) -> ToolCallDelta:
+        # Arguments that are not a JSON object keep their text (ToolCallDelta.raw_arguments):
+        # the caller can tell the model, and the stream goes on.
+        return make_call(index, self.name, "".join(self.arguments), self.id)
+
+
+class _ToolCallAssembler:
+    def __init__(self) -> None:
+        self.partial: dict[int, _PartialToolCall] = {}
+        self.finished = 0
+
+    def add(self, fragment: object) -> None:
+        if not isinstance(fragment, dict):
+            return
+        index = fragment.get("index")
+        if isinstance(index, int) and not isinstance(index, bool):
+            self.partial.setdefault(index, _PartialToolCall()).merge(fragment)
+            return
+        # No index (seen from servers that send each call whole): a fragment that names a
+        # new call starts one, anything else continues the latest.
+        latest = self.partial[max(self.partial)] if self.partial else None
+        function = fragment.get("function")
+        named = isinstance(function, dict) and bool(function.get("name"))
+        new_id = fragment.get("id") and latest is not None and fragment.get("id") != latest.id
+        if latest is None or new_id or (named and latest.name):
+            latest = self.partial.setdefault(max(self.partial, default=-1) + 1,
+                                             _PartialToolCall())
+        latest.merge(fragment)
+
+    def flush(self) -> list[ToolCallDelta]:
+        calls = []
+        for key in sorted(self.partial):
+            calls.append(self.partial[key].finish(self.finished))
+            self.finished += 1
+        self.partial.clear()
+        return calls
 
 
 class OpenAICompatProvider:
@@ -42,16 +85,27 @@ class OpenAICompatProvider:
         assert spec.base_url, "validated by the config"
         self.http = HttpBackend(name, spec, spec.base_url)
 
-    async def stream(
+    def stream(
         self,
         model: ModelSpec,
         messages: Sequence[ChatMessage],
         params: GenerationParams,
         tools: Sequence[ToolSpec] = (),
     ) -> AsyncIterator[Delta]:
+        offered = offered_tools(model, tools)
+        deltas = self._stream(model, messages, params, offered)
+        return recover_text_tool_calls(deltas, offered) if offered else deltas
+
+    async def _stream(
+        self,
+        model: ModelSpec,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        tools: Sequence[ToolSpec],
+    ) -> AsyncGenerator[Delta, None]:
         body: dict[str, object] = {
             "model": model.id,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [wire_message(m) for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": params.temperature,
@@ -62,14 +116,11 @@ class OpenAICompatProvider:
             # Not part of OpenAI's API, but llama.cpp, mlx_lm.server and vLLM all read it.
             body["repetition_penalty"] = params.repeat_penalty
         if tools:
-            body["tools"] = [
-                {"type": "function", "function": {"name": t.name, "description": t.description,
-                                                  "parameters": t.parameters}}
-                for t in tools
-            ]
+            body["tools"] = [function_schema(t) for t in tools]
+            body["tool_choice"] = "auto"
         finish_reason: str | None = None
         usage: dict[str, object] = {}
-        calls: dict[int, _PartialToolCall] = {}
+        calls = _ToolCallAssembler()
         async with self.http.post_stream("/chat/completions", body) as response:
             async for line in self.http.lines(response):
                 if not line.startswith("data:"):
@@ -88,14 +139,18 @@ class OpenAICompatProvider:
                     if content := delta.get("content"):
                         yield TextDelta(str(content))
                     for fragment in delta.get("tool_calls") or []:
-                        _merge(calls.setdefault(int(fragment.get("index", 0)),
-                                                _PartialToolCall()), fragment)
-                    finish_reason = choice.get("finish_reason") or finish_reason
+                        calls.add(fragment)
+                    if reason := choice.get("finish_reason"):
+                        finish_reason = reason
+                        # The step is over ("tool_calls", or "stop" from some servers): its
+                        # calls are complete, so they go out now, ahead of the usage chunk.
+                        for call in calls.flush():
+                            yield call
             else:
                 if finish_reason is None:
                     raise StreamInterrupted(f"{self.http.name}: stream ended without [DONE]")
-        for index in sorted(calls):
-            yield calls[index].finish(self.http.name)
+        for call in calls.flush():  # a server that never said why it stopped
+            yield call
         yield StreamEnd(
             finish_reason=finish_reason or "stop",
             prompt_tokens=int_or_none(usage.get("prompt_tokens")),
@@ -118,10 +173,19 @@ class OpenAICompatProvider:
         await self.http.close()
 
 
-def _merge(call: _PartialToolCall, fragment: dict[str, object]) -> None:
-    call.id = str(fragment.get("id") or call.id)
-    function = fragment.get("function")
-    if isinstance(function, dict):
-        call.name = str(function.get("name") or call.name)
-        if arguments := function.get("arguments"):
-            call.arguments.append(str(arguments))
+def wire_message(message: ChatMessage) -> dict[str, object]:
+    """A history message as `/v1/chat/completions` reads it: call arguments as JSON text, and
+    a result tied to its call by `tool_call_id`."""
+    out: dict[str, object] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        # Empty content rather than null: several local servers' chat templates choke on null.
+        # A malformed call goes back with empty arguments, as to Ollama: servers that re-parse
+        # history (vLLM, llama-server) reject broken JSON, and the tool result is where the
+        # model learns what went wrong.
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+            for c in message.tool_calls]
+    if message.role == "tool":
+        out["tool_call_id"] = message.tool_call_id
+    return out

@@ -1,5 +1,15 @@
 """Scriptable fake model servers speaking the Ollama-native and OpenAI-compatible wire formats,
 so the gateway's providers (and its own overhead) can be measured without any model.
+
+Each chat request takes the next scripted reply (a default greeting once the script runs out),
+so a conversation with tools is scripted step by step, and every request body is recorded:
+
+    fake.script(
+        ScriptedReply.calling(ToolCall("file_read", {"path": "a.txt"})),  # step 1: a call
+        ScriptedReply(chunks=("It says hi.",)),                            # step 2: the answer
+    )
+    ...
+    first, second = fake.chat_bodies()  # assert the `tools` sent and the results returned
 """
 
 from __future__ import annotations
@@ -12,7 +22,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,20 +36,53 @@ Json = dict[str, Any]
 
 @dataclass(frozen=True)
 class ToolCall:
+    """One scripted call. `raw_arguments` is sent verbatim instead of `arguments` (use it for
+    malformed JSON; Ollama then gets it as a string). `pieces` splits the argument text into
+    that many streamed fragments (OpenAI). `id`: None for the fake's own, "" to send none."""
+
     name: str
-    arguments: dict[str, object]
+    arguments: dict[str, object] = field(default_factory=dict)
+    raw_arguments: str | None = None
+    pieces: int = 1
+    id: str | None = None
+
+    def argument_text(self) -> str:
+        return self.raw_arguments if self.raw_arguments is not None else json.dumps(
+            self.arguments)
+
+    def fragments(self) -> list[str]:
+        text = self.argument_text()
+        if not text:
+            return [""]
+        size = -(-len(text) // max(1, min(self.pieces, len(text))))
+        return [text[i:i + size] for i in range(0, len(text), size)]
 
 
 @dataclass(frozen=True)
 class ScriptedReply:
+    """One reply: text chunks, then tool calls.
+
+    `batch_tool_calls`: Ollama sends all calls in one line (empty content) instead of one line
+    each; OpenAI puts every call's header, then every call's next fragment, in one delta.
+    `interleave_arguments` (OpenAI): all headers first, then fragments round-robin across calls,
+    one delta each, so a client must merge by index.
+    """
+
     chunks: tuple[str, ...] = ("Hello", " there", ".")
     tool_calls: tuple[ToolCall, ...] = ()
+    batch_tool_calls: bool = False
+    interleave_arguments: bool = False
     first_token_delay: float = 0.0
     token_delay: float = 0.0
     status: int = 200
     disconnect_after: int | None = None  # counts streamed lines/events: text, then tool calls
     prompt_tokens: int = 12
     finish_reason: str = "stop"
+
+    @classmethod
+    def calling(cls, *calls: ToolCall, **options: Any) -> ScriptedReply:
+        """A step that only calls tools, as models usually do."""
+        return cls(chunks=(), tool_calls=calls, **options)
 
 
 @dataclass
@@ -60,6 +103,7 @@ class _FakeBackend(FakeServer):
     """Lifecycle, request recording, the reply queue and the paced writer shared by both."""
 
     _url_suffix = ""
+    _chat_path = ""
 
     def __init__(self, models: Sequence[str]) -> None:
         self.models: list[str] = list(models)
@@ -77,6 +121,10 @@ class _FakeBackend(FakeServer):
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
+
+    def chat_bodies(self) -> list[Json]:
+        """The body of every chat request so far, in order."""
+        return [r.body for r in self.requests_to(self._chat_path) if r.body is not None]
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._recorder()])
@@ -182,6 +230,8 @@ def _is_zero_keep_alive(value: object) -> bool:
 class FakeOllama(_FakeBackend):
     """Ollama's native API: tags, ps, version, show, chat and generate under /api."""
 
+    _chat_path = "/api/chat"
+
     def __init__(self, models: Sequence[str] = ("llama3.2:3b",), *,
                  context_length: int = 8192) -> None:
         super().__init__(models)
@@ -277,9 +327,7 @@ class FakeOllama(_FakeBackend):
             return self._error(reply.status, f"scripted failure ({reply.status})")
         was_loaded = model in self.loaded
         self._set_loaded(model, True)
-        tools = [{"id": f"call_{i}", "function": {"index": i, "name": t.name,
-                                                  "arguments": t.arguments}}
-                 for i, t in enumerate(reply.tool_calls)] if chat else []
+        tools = [_ollama_call(i, t) for i, t in enumerate(reply.tool_calls)] if chat else []
 
         def stats(first_ns: int) -> Json:
             now = time.monotonic_ns()
@@ -299,9 +347,12 @@ class FakeOllama(_FakeBackend):
                 line("".join(reply.chunks), tools, **stats(first_ns)), dumps=_dumps)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        # One line per tool call: clients must gather calls across lines, not expect one batch.
+        # By default one line per tool call: clients must gather calls across lines.
         lines = [line(c, done=False) for c in reply.chunks]
-        lines += [line("", [t], done=False) for t in tools]
+        if reply.batch_tool_calls and tools:
+            lines.append(line("", tools, done=False))
+        else:
+            lines += [line("", [t], done=False) for t in tools]
         first = await self._pump(request, resp, reply, [(_dumps(x) + "\n").encode() for x in lines])
         if first is None:
             return resp
@@ -310,6 +361,35 @@ class FakeOllama(_FakeBackend):
         self._set_loaded(model, not unload)
         await resp.write_eof()
         return resp
+
+
+def _id_field(call: ToolCall, default: str) -> Json:
+    given = default if call.id is None else call.id
+    return {"id": given} if given else {}
+
+
+def _ollama_call(index: int, call: ToolCall) -> Json:
+    arguments: object = call.raw_arguments if call.raw_arguments is not None else call.arguments
+    return {**_id_field(call, f"call_{index}"),
+            "function": {"index": index, "name": call.name, "arguments": arguments}}
+
+
+def _openai_tool_deltas(reply: ScriptedReply, calls: list[Json]) -> list[Json]:
+    """Real servers send a call's id and name first, then its argument text in fragments;
+    clients must merge them by index, so the fake makes them do it."""
+    headers = [{**c, "function": {"name": c["function"]["name"], "arguments": ""}}
+               for c in calls]
+    pieces = [[{"index": c["index"], "function": {"arguments": piece}} for piece in t.fragments()]
+              for c, t in zip(calls, reply.tool_calls, strict=True)]
+    rounds = [[p[k] for p in pieces if k < len(p)] for k in range(max(map(len, pieces),
+                                                                      default=0))]
+    if reply.batch_tool_calls:
+        groups = [headers, *rounds] if calls else []
+    elif reply.interleave_arguments:
+        groups = [[h] for h in headers] + [[p] for r in rounds for p in r]
+    else:
+        groups = [g for h, p in zip(headers, pieces, strict=True) for g in ([h], *[[x] for x in p])]
+    return [{"tool_calls": group} for group in groups]
 
 
 _OPENAI_ERROR_KINDS: dict[int, tuple[str, str | None]] = {
@@ -328,6 +408,7 @@ class FakeOpenAI(_FakeBackend):
     """An OpenAI-compatible server (the surface mlx_lm.server, llama-server and vLLM share)."""
 
     _url_suffix = "/v1"
+    _chat_path = "/v1/chat/completions"
 
     def __init__(self, models: Sequence[str] = ("llama3.2:3b",), *,
                  api_key: str | None = None) -> None:
@@ -370,8 +451,8 @@ class FakeOpenAI(_FakeBackend):
         head: Json = {"id": f"chatcmpl-{self._completions}", "created": int(time.time()),
                       "model": model, "system_fingerprint": "fp_fake"}
         calls: list[Json] = [
-            {"index": i, "id": f"call_{self._completions}_{i}", "type": "function",
-             "function": {"name": t.name, "arguments": json.dumps(t.arguments)}}
+            {"index": i, **_id_field(t, f"call_{self._completions}_{i}"), "type": "function",
+             "function": {"name": t.name, "arguments": t.argument_text()}}
             for i, t in enumerate(reply.tool_calls)]
         finish = "tool_calls" if calls and reply.finish_reason == "stop" else reply.finish_reason
         done = len(reply.chunks)
@@ -399,14 +480,8 @@ class FakeOpenAI(_FakeBackend):
                 chunk["usage"] = None
             return _sse(chunk)
 
-        # Real servers send a call's id and name first, then argument fragments; clients must
-        # merge them by index, so the fake makes them do it.
         deltas: list[Json] = [{"content": c} for c in reply.chunks]
-        for call in calls:
-            header = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
-            args = {"index": call["index"],
-                    "function": {"arguments": call["function"]["arguments"]}}
-            deltas += [{"tool_calls": [header]}, {"tool_calls": [args]}]
+        deltas += _openai_tool_deltas(reply, calls)
         deltas = deltas or [{"content": ""}]
         deltas[0] = {"role": "assistant", **deltas[0]}
         resp = web.StreamResponse(
