@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +24,9 @@ from bot.providers.base import (
     StreamEnd,
     TextDelta,
     ToolSpec,
-    offered_tools,
 )
 from bot.providers.bundled import bundled_model_path
-from bot.providers.toolcalls import function_schema, recover_text_tool_calls
+from bot.providers.toolcalls import ToolOfferingProvider, function_schema
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +186,7 @@ class _Finished:
         self.result = result
 
 
-class EmbeddedProvider:
+class EmbeddedProvider(ToolOfferingProvider):
     """Holds at most one model resident; loading another releases the previous one first."""
 
     def __init__(self, name: str, spec: ProviderSpec) -> None:
@@ -231,18 +230,7 @@ class EmbeddedProvider:
         engine, self._resident = self._resident[1], None
         await asyncio.get_running_loop().run_in_executor(self._executor, engine.close)
 
-    def stream(
-        self,
-        model: ModelSpec,
-        messages: Sequence[ChatMessage],
-        params: GenerationParams,
-        tools: Sequence[ToolSpec] = (),
-    ) -> AsyncIterator[Delta]:
-        offered = offered_tools(model, tools)
-        deltas = self._stream(model, messages, params, offered)
-        return recover_text_tool_calls(deltas, offered) if offered else deltas
-
-    async def _stream(
+    async def generate(
         self,
         model: ModelSpec,
         messages: Sequence[ChatMessage],

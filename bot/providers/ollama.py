@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from bot.config import GenerationParams, ModelSpec, ProviderSpec
 from bot.errors import StreamInterrupted
@@ -13,31 +13,19 @@ from bot.providers.base import (
     TextDelta,
     ToolCallDelta,
     ToolSpec,
-    offered_tools,
 )
 from bot.providers.http import HttpBackend, int_or_none, parse_json_line
-from bot.providers.toolcalls import function_schema, make_call, recover_text_tool_calls
+from bot.providers.toolcalls import ToolOfferingProvider, function_schema, make_call
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
 
 
-class OllamaProvider:
+class OllamaProvider(ToolOfferingProvider):
     def __init__(self, name: str, spec: ProviderSpec) -> None:
         self.http = HttpBackend(name, spec, spec.base_url or DEFAULT_BASE_URL)
         self.keep_alive = spec.keep_alive
 
-    def stream(
-        self,
-        model: ModelSpec,
-        messages: Sequence[ChatMessage],
-        params: GenerationParams,
-        tools: Sequence[ToolSpec] = (),
-    ) -> AsyncIterator[Delta]:
-        offered = offered_tools(model, tools)
-        deltas = self._stream(model, messages, params, offered)
-        return recover_text_tool_calls(deltas, offered) if offered else deltas
-
-    async def _stream(
+    async def generate(
         self,
         model: ModelSpec,
         messages: Sequence[ChatMessage],

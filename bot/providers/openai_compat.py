@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +16,9 @@ from bot.providers.base import (
     TextDelta,
     ToolCallDelta,
     ToolSpec,
-    offered_tools,
 )
 from bot.providers.http import HttpBackend, int_or_none, parse_json_line
-from bot.providers.toolcalls import function_schema, make_call, recover_text_tool_calls
+from bot.providers.toolcalls import ToolOfferingProvider, function_schema, make_call
 
 
 @dataclass
@@ -80,23 +79,12 @@ class _ToolCallAssembler:
         return calls
 
 
-class OpenAICompatProvider:
+class OpenAICompatProvider(ToolOfferingProvider):
     def __init__(self, name: str, spec: ProviderSpec) -> None:
         assert spec.base_url, "validated by the config"
         self.http = HttpBackend(name, spec, spec.base_url)
 
-    def stream(
-        self,
-        model: ModelSpec,
-        messages: Sequence[ChatMessage],
-        params: GenerationParams,
-        tools: Sequence[ToolSpec] = (),
-    ) -> AsyncIterator[Delta]:
-        offered = offered_tools(model, tools)
-        deltas = self._stream(model, messages, params, offered)
-        return recover_text_tool_calls(deltas, offered) if offered else deltas
-
-    async def _stream(
+    async def generate(
         self,
         model: ModelSpec,
         messages: Sequence[ChatMessage],

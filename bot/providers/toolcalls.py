@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from contextlib import aclosing
 
-from bot.providers.base import Delta, TextDelta, ToolCallDelta, ToolSpec
+from bot.config import GenerationParams, ModelSpec
+from bot.providers.base import ChatMessage, Delta, TextDelta, ToolCallDelta, ToolSpec, offered_tools
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
@@ -201,3 +203,21 @@ async def recover_text_tool_calls(
                 for call in calls:
                     yield call
                 yield delta
+
+
+class ToolOfferingProvider(ABC):
+    """The part of `ChatProvider.stream` every backend shares: offer tools only to a model that
+    can call them, and read a reply that is a call written as text as that call. Backends
+    implement `generate`, which streams what the backend sends for the tools it is given."""
+
+    def stream(self, model: ModelSpec, messages: Sequence[ChatMessage],
+               params: GenerationParams, tools: Sequence[ToolSpec] = ()) -> AsyncIterator[Delta]:
+        offered = offered_tools(model, tools)
+        deltas = self.generate(model, messages, params, offered)
+        return recover_text_tool_calls(deltas, offered) if offered else deltas
+
+    @abstractmethod
+    def generate(self, model: ModelSpec, messages: Sequence[ChatMessage],
+                 params: GenerationParams,
+                 tools: Sequence[ToolSpec]) -> AsyncGenerator[Delta, None]:
+        """One reply from the backend; `tools` are already the ones this model may call."""
