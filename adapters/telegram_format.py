@@ -30,6 +30,8 @@ from markdown_it.tree import SyntaxTreeNode
 LINK_SCHEMES = frozenset({"http", "https", "tg"})
 _LANGUAGE = re.compile(r"[^\w+#.-]")
 _RULE = "———"
+_URL = re.compile(r"https?://[^\s<>`\]\[]+", re.IGNORECASE)
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]*")
 _TAGS = re.compile(r"<[^>]*>")  # only the renderer's own: text and attributes are escaped
 
 
@@ -53,12 +55,48 @@ def _spoiler(state: StateInline, silent: bool) -> bool:
     return True
 
 
+def _bare_url(state: StateInline, silent: bool) -> bool:
+    """A bare http(s) address stays exactly as written: Telegram links it by itself, and
+    ``https://x.org/_a_/*b*`` must not turn into emphasis. Runs at the colon, like
+    markdown-it's own linkify, with the scheme still in the pending text."""
+    colon, src = state.pos, state.src
+    if src[colon] != ":" or not src.startswith("//", colon + 1):
+        return False
+    scheme = next((name for name in ("https", "http")
+                   if src[max(colon - len(name), 0):colon].lower() == name), "")
+    start = colon - len(scheme)
+    if not scheme or not state.pending.endswith(src[start:colon]) or (
+            start > 0 and src[start - 1].isalnum()):
+        return False
+    match = _URL.match(src, start, state.posMax)
+    url = _trim_url(match.group()) if match else ""
+    if len(url) <= len(scheme) + 3:
+        return False
+    if not silent:
+        state.pending = state.pending[:-len(scheme)]
+        state.push("text", "", 0).content = url
+    state.pos = start + len(url)
+    return True
+
+
+def _trim_url(url: str) -> str:
+    """Without the punctuation that ends the sentence around it, as Telegram reads it."""
+    while url:
+        last = url[-1]
+        if last in ".,;:!?'\"*_~" or (last == ")" and url.count("(") < url.count(")")):
+            url = url[:-1]
+        else:
+            break
+    return url
+
+
 def _parser() -> MarkdownIt:
     # CommonMark's preset drops whatever lies more than 20 levels deep (a list item counts
     # two); 100 keeps any reply a person would write and still bounds the recursion.
     md = MarkdownIt("commonmark", {"html": False, "maxNesting": 100})
     md.enable(["table", "strikethrough"])
     md.inline.ruler.before("emphasis", "spoiler", _spoiler)
+    md.inline.ruler.before("emphasis", "bare_url", _bare_url)
     md.inline.add_terminator_char("|")  # so plain text stops where a spoiler may start
     return md
 
@@ -138,9 +176,18 @@ def _inline_children(node: SyntaxTreeNode, context: _Inline) -> str:
         if child.type == "em" and child.markup == "*" and _inside_word(children, index):
             # CommonMark reads 2*3*4 as 2<i>3</i>4; in a chat reply it is arithmetic.
             parts.append(f"*{_inline_children(child, context)}*")
+        elif child.type == "strong" and child.markup == "__" and _dunder(child):
+            # And __init__ as a bold "init"; in a chat reply it is Python.
+            parts.append(f"__{child.children[0].content}__")
         else:
             parts.append(_inline(child, context))
     return "".join(parts)
+
+
+def _dunder(node: SyntaxTreeNode) -> bool:
+    only = node.children[0] if len(node.children) == 1 else None
+    return (only is not None and only.type == "text"
+            and _IDENTIFIER.fullmatch(only.content) is not None)
 
 
 def _inside_word(siblings: list[SyntaxTreeNode], index: int) -> bool:

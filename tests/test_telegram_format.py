@@ -102,6 +102,15 @@ def test_only_http_https_and_tg_addresses_become_links() -> None:
         '<a href="https://example.com/x">https://example.com/x</a>')
 
 
+def test_bare_addresses_stay_as_written() -> None:
+    # Telegram links a bare address itself; emphasis markers inside it are part of it.
+    assert to_telegram_html("See https://x.org/_a_/*b*/c_(d), or http://y.io/**z**.") == (
+        "See https://x.org/_a_/*b*/c_(d), or http://y.io/**z**.")
+    assert to_telegram_html("*(https://x.org/a_b_)*") == "<i>(https://x.org/a_b_)</i>"
+    assert to_telegram_html("not a url: https:// or xhttps://x.org/*y*") == (
+        "not a url: https:// or xhttps://x.org/<i>y</i>")
+
+
 def test_images_are_links() -> None:
     assert to_telegram_html("![a *cat*](https://x.org/cat.png)") == (
         '<a href="https://x.org/cat.png">a cat</a>')
@@ -120,6 +129,8 @@ def test_spoilers() -> None:
 def test_identifiers_and_arithmetic_keep_their_stars_and_underscores() -> None:
     assert to_telegram_html("snake_case_name and 2*3*4 = 24 and a*b") == (
         "snake_case_name and 2*3*4 = 24 and a*b")
+    assert to_telegram_html("__init__ and __main__, but __Bold__ and __two words__") == (
+        "__init__ and __main__, but <b>Bold</b> and <b>two words</b>")
 
 
 def test_empty_and_blank_replies_stay_non_empty_when_the_input_was() -> None:
@@ -132,7 +143,8 @@ def test_empty_and_blank_replies_stay_non_empty_when_the_input_was() -> None:
 FRAGMENTS = [
     "plain text", "**bold", "bold**", "*it*", "_under_score_", "***both***", "~~s~~", "~~",
     "`code", "``a ` b``", "[link](https://example.com/a_b*c*)", "[**bold link**](http://x.y)",
-    "[bad](javascript:alert(1))", "[rel](../x)", "![img](https://x/i.png)", "<https://auto.link>",
+    "[bad](javascript:alert(1))", "https://u.rl/_a_/*b*", "(http://x.y/z_)",
+    "[rel](../x)", "![img](https://x/i.png)", "<https://auto.link>",
     "<b>raw</b>", "<i", "</pre>", "&amp; &copy; &#60; & < >", "a || b", "||spoiler *it*||",
     "# Heading *x*", "- item", "  - nested item", "1. first", "10) tenth", "> quote", "> > deep",
     FENCE + "py", FENCE, "~~~", "    indented code", "| a | b |", "|---|---|", "| 1 | 2 |",
