@@ -99,6 +99,9 @@ REPLIES = [
     Reply("link with emphasis", "See [the **official** docs](https://docs.python.org/3/"
           "library/asyncio.html) and [*PEP 492*](https://peps.python.org/pep-0492/).",
           (("a", "the official docs"), ("b", "official"), ("a", "PEP 492"), ("i", "PEP 492"))),
+    Reply("code in link text", "Use [`asyncio.run()`](https://docs.python.org/3/library/"
+          "asyncio-runner.html) as the entry point, not `loop.run_forever()`.",
+          (("a", "asyncio.run()"), ("code", "loop.run_forever()"))),
     Reply("headings", "## Summary\n\nThe build **passed**.\n\n### Next steps ###\n\n"
           "Merge it, then tag `v0.2.0`.",
           (("b", "Summary"), ("b", "Next steps"), ("b", "passed"), ("code", "v0.2.0"))),
