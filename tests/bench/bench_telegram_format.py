@@ -207,6 +207,7 @@ def main() -> None:
     renderers = {"regex": regex_to_telegram_html, "markdown-it": to_telegram_html}
     times: dict[str, list[float]] = {name: [] for name in renderers}
     counts: dict[str, dict[str, int]] = {name: {} for name in renderers}
+    faulty: dict[str, int] = dict.fromkeys(renderers, 0)
     print(f"{'reply':28} {'regex µs':>9} {'new µs':>8}  regex faults | new faults")
     for reply in REPLIES:
         row: list[str] = []
@@ -216,19 +217,20 @@ def main() -> None:
             times[name].append(seconds)
             row.append(f"{seconds * 1e6:.0f}")
             found = judge(reply, render(reply.text))
+            faulty[name] += bool(found)
             for fault in found:
                 kind = fault.split(":")[0]
                 counts[name][kind] = counts[name].get(kind, 0) + 1
             faults.append("; ".join(found) or "ok")
         print(f"{reply.name:28} {row[0]:>9} {row[1]:>8}  {faults[0]} | {faults[1]}")
     print()
-    print(f"{'renderer':12} {'median µs':>9} {'max µs':>7}  replies with faults "
-          f"(of {len(REPLIES)})")
+    print(f"{'renderer':12} {'median µs':>9} {'max µs':>7}  replies with faults, of "
+          f"{len(REPLIES)} (by kind)")
     for name in renderers:
         median = statistics.median(times[name]) * 1e6
         worst = max(times[name]) * 1e6
         summary = ", ".join(f"{kind} {n}" for kind, n in sorted(counts[name].items())) or "none"
-        print(f"{name:12} {median:9.0f} {worst:7.0f}  {summary}")
+        print(f"{name:12} {median:9.0f} {worst:7.0f}  {faulty[name]} ({summary})")
 
 
 if __name__ == "__main__":
