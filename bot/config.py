@@ -76,6 +76,9 @@ class GatewaySpec:
     bind: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     providers: dict[str, ProviderSpec] = field(default_factory=_default_providers)
+    # On SIGTERM/SIGINT, replies under way get this long to finish before the service exits;
+    # what is cut off then is answered at the next start.
+    stop_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,10 @@ class VoiceSpec:
     queue_size: int = 16
     # Longer notes are refused before they are downloaded: one transcriber serves everyone.
     max_seconds: float = 300.0
+    # Group voice notes that neither mention nor reply to the bot are transcribed only to
+    # hear whether they name it: at most this many an hour, so a busy server cannot keep the
+    # transcriber (and the disk) busy with talk that is not for the bot. 0 turns it off.
+    unaddressed_per_hour: int = 30
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.store import Store, inbox
+from bot.store.db import SCHEMA_HEAD
 from tests.support.helpers import make_config
 
 TABLES = {"bindings", "sessions", "messages", "inbox", "turns", "pairing_codes",
-          "pairing_attempts", "alembic_version"}
+          "pairing_attempts", "quarantine", "alembic_version"}
 
 
 def _event(message_id: str) -> InboundEvent:
@@ -31,7 +33,8 @@ async def test_migrations_create_schema_from_empty_and_rerun_cleanly(data_dir: P
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
         assert tables >= TABLES
-        assert db.execute("select version_num from alembic_version").fetchall() == [("0002",)]
+        assert db.execute("select version_num from alembic_version").fetchall() == [
+            (SCHEMA_HEAD,)]
         assert db.execute("pragma journal_mode").fetchone() == ("wal",)
 
 
@@ -59,8 +62,8 @@ async def test_unanswered_events_survive_a_restart(data_dir: Path) -> None:
     reopened = Store(url)
     pending = await inbox.unanswered(reopened, "telegram")
     await reopened.close()
-    assert [e.message_id for _, e in pending] == ["9"]
-    assert pending[0][1].text == "hello"
+    assert [p.event.message_id for p in pending] == ["9"]
+    assert pending[0].event.text == "hello" and pending[0].sent == ()
 
 
 def test_schema_head_constant_matches_the_migrations() -> None:
@@ -74,36 +77,46 @@ def test_schema_head_constant_matches_the_migrations() -> None:
     assert ScriptDirectory.from_config(config).get_heads() == [SCHEMA_HEAD]
 
 
-async def test_upgrade_from_the_previous_version_keeps_the_data(data_dir: Path) -> None:
+@pytest.mark.parametrize("previous", ["0001", "0002"])
+async def test_upgrade_from_a_previous_version_keeps_the_data(data_dir: Path,
+                                                              previous: str) -> None:
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
-    from bot.store.db import MIGRATIONS_DIR
+    from bot.store.db import MIGRATIONS_DIR, SCHEMA_HEAD
 
     url = make_config(data_dir).store_url()
     store = Store(url)
 
-    def to_0001(connection: object) -> None:
+    def to_previous(connection: object) -> None:
         config = AlembicConfig()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         config.attributes["connection"] = connection
-        command.upgrade(config, "0001")
+        command.upgrade(config, previous)
 
     async with store.engine.begin() as connection:
-        await connection.run_sync(to_0001)
-    first = await inbox.record(store, _event("41"))
+        await connection.run_sync(to_previous)
+        # Written as that version's code wrote it: the columns it knew, nothing more.
+        await connection.execute(text(
+            "insert into inbox (platform, chat_id, message_id, sender_id, event, state, "
+            "received_at, updated_at) values ('telegram', '1', '41', '7', :event, 'received', "
+            "'2026-11-01 10:00:00', '2026-11-01 10:00:00')"),
+            {"event": inbox._to_json(_event("41"))})
     await store.close()
 
     upgraded = Store(url)
     await upgraded.migrate()
     assert await inbox.state_of(upgraded, "telegram", "1", "41") == MessageStatus.RECEIVED
     assert await inbox.record(upgraded, _event("41")) is None
+    [pending] = await inbox.unanswered(upgraded, "telegram")
+    assert pending.event.message_id == "41"
     await upgraded.close()
     path = url.split("///", 1)[1]
     with sqlite3.connect(path) as db:
-        assert db.execute("select version_num from alembic_version").fetchall() == [("0002",)]
+        assert db.execute("select version_num from alembic_version").fetchall() == [
+            (SCHEMA_HEAD,)]
         assert db.execute("select count(*) from pairing_codes").fetchone() == (0,)
-    assert first is not None
+        assert db.execute("select attempts, sent from inbox").fetchall() == [(1, None)]
 
 
 async def test_a_binding_taken_out_of_the_config_is_revoked(store: Store) -> None:
