@@ -13,7 +13,7 @@ from bot.store import Store, inbox
 from tests.conftest import make_config
 
 TABLES = {"bindings", "sessions", "messages", "inbox", "turns", "pairing_codes",
-          "pairing_attempts", "alembic_version"}
+          "pairing_attempts", "tool_calls", "alembic_version"}
 
 
 def _event(message_id: str) -> InboundEvent:
@@ -31,7 +31,7 @@ async def test_migrations_create_schema_from_empty_and_rerun_cleanly(data_dir: P
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
         assert tables >= TABLES
-        assert db.execute("select version_num from alembic_version").fetchall() == [("0002",)]
+        assert db.execute("select version_num from alembic_version").fetchall() == [("0003",)]
         assert db.execute("pragma journal_mode").fetchone() == ("wal",)
 
 
@@ -101,7 +101,7 @@ async def test_upgrade_from_the_previous_version_keeps_the_data(data_dir: Path) 
     await upgraded.close()
     path = url.split("///", 1)[1]
     with sqlite3.connect(path) as db:
-        assert db.execute("select version_num from alembic_version").fetchall() == [("0002",)]
+        assert db.execute("select version_num from alembic_version").fetchall() == [("0003",)]
         assert db.execute("select count(*) from pairing_codes").fetchone() == (0,)
     assert first is not None
 
