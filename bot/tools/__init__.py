@@ -1,5 +1,6 @@
 """The six tools, the kernel sandbox, and the gate every call goes through."""
 
 from bot.tools.base import Tool, ToolContext, ToolLimits
+from bot.tools.sandbox import Sandbox, SandboxLimits, SandboxResult
 
-__all__ = ["Tool", "ToolContext", "ToolLimits"]
+__all__ = ["Sandbox", "SandboxLimits", "SandboxResult", "Tool", "ToolContext", "ToolLimits"]
