@@ -92,10 +92,30 @@ class AgentDefaults:
     model_registry: dict[str, RegistryEntry] = field(default_factory=dict)
 
 
+# The six tools, by their exact names. The policy refers to them; persona/policy.py turns a
+# persona's ToolPolicy into the set it may call, and bot/tools implements exactly these.
+TOOL_NAMES: tuple[str, ...] = (
+    "file_read",
+    "knowledge_lookup",
+    "code_interpreter_sandbox",
+    "shell_exec",
+    "system_process",
+    "external_fetch",
+)
+
+
 @dataclass(frozen=True)
 class ToolPolicy:
-    allow: tuple[str, ...] = ()
+    """Which tools a persona may call. Deny always wins; a tool is callable only when named.
+
+    `allow` left out (None) means the role's default set; `access: "full"` means all tools;
+    `ask` names tools that are allowed but need the owner's approval on every call.
+    """
+
+    allow: tuple[str, ...] | None = None
     deny: tuple[str, ...] = ()
+    ask: tuple[str, ...] = ()
+    access: Literal["full"] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,26 +140,13 @@ class AgentInstance:
 
 
 def _default_instances() -> dict[str, AgentInstance]:
+    # No `allow` list: each role gets its default tools (persona/policy.py). The guest's deny
+    # list is spelled out so that reading the defaults shows what a stranger can never reach.
     return {
-        "admin": AgentInstance(
-            role="admin",
-            tools=ToolPolicy(
-                allow=(
-                    "file_read",
-                    "knowledge_lookup",
-                    "code_interpreter_sandbox",
-                    "shell_exec",
-                    "system_process",
-                    "external_fetch",
-                )
-            ),
-        ),
+        "admin": AgentInstance(role="admin"),
         "guest": AgentInstance(
             role="guest",
-            tools=ToolPolicy(
-                allow=("file_read", "knowledge_lookup", "code_interpreter_sandbox"),
-                deny=("shell_exec", "system_process", "external_fetch"),
-            ),
+            tools=ToolPolicy(deny=("shell_exec", "system_process", "external_fetch")),
         ),
     }
 
@@ -364,6 +371,8 @@ def _check_references(config: Config) -> Config:
     for name, instance in config.agents.instances.items():
         if instance.model is not None:
             check(instance.model, f"agents.instances.{name}.model")
+    for name, instance in config.agents.instances.items():
+        _check_tool_policy(instance.tools, f"agents.instances.{name}.tools")
     guest = config.agents.instances.get("guest")
     if guest is None or guest.role != "guest":
         raise ConfigError("agents.instances.guest",
@@ -377,6 +386,21 @@ def _check_references(config: Config) -> Config:
                 f"(expected one of: {', '.join(sorted(config.agents.instances))})",
             )
     return config
+
+
+def _check_tool_policy(policy: ToolPolicy, where: str) -> None:
+    """Every tool name must be one of the six, exactly: a typo must not silently allow or
+    fail to deny something."""
+    for key in ("allow", "deny", "ask"):
+        names: tuple[str, ...] = getattr(policy, key) or ()
+        for index, name in enumerate(names):
+            if name not in TOOL_NAMES:
+                raise ConfigError(f"{where}.{key}[{index}]",
+                                  f"{name!r} is not a tool (expected one of: "
+                                  f"{', '.join(TOOL_NAMES)})")
+    if policy.access == "full" and policy.allow is not None:
+        raise ConfigError(f"{where}.access",
+                          "give either access \"full\" or an allow list, not both")
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -15,7 +15,7 @@ from bot.store.db import SCHEMA_HEAD
 from tests.support.helpers import make_config
 
 TABLES = {"bindings", "sessions", "messages", "inbox", "turns", "pairing_codes",
-          "pairing_attempts", "quarantine", "alembic_version"}
+          "pairing_attempts", "quarantine", "tool_calls", "alembic_version"}
 
 
 def _event(message_id: str) -> InboundEvent:

@@ -154,3 +154,27 @@ class QuarantineRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     shape: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ToolCallRow(Base):
+    """One tool call, whatever became of it: allowed, refused, failed or an unknown tool.
+
+    Arguments are stored as JSON with secrets masked; the persona is the one the router
+    chose, never one the model named.
+    """
+
+    __tablename__ = "tool_calls"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    persona: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(128))
+    tool: Mapped[str] = mapped_column(String(128))
+    arguments: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    duration_ms: Mapped[int] = mapped_column(default=0)
+
+    __table_args__ = (Index("ix_tool_calls_at", "at"),
+                      Index("ix_tool_calls_persona", "persona", "at"))

@@ -17,11 +17,18 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # Idempotent: what a run stopped halfway already made is left as it is.
+    inspector = sa.inspect(op.get_bind())
+    columns = {column["name"] for column in inspector.get_columns("inbox")}
     # batch mode: SQLite can add columns in place, and other databases take the same script.
     with op.batch_alter_table("inbox") as inbox:
-        inbox.add_column(sa.Column("attempts", sa.Integer, nullable=False,
-                                   server_default="0"))
-        inbox.add_column(sa.Column("sent", sa.Text))
+        if "attempts" not in columns:
+            inbox.add_column(sa.Column("attempts", sa.Integer, nullable=False,
+                                       server_default="0"))
+        if "sent" not in columns:
+            inbox.add_column(sa.Column("sent", sa.Text))
+    if inspector.has_table("quarantine"):
+        return
     op.create_table(
         "quarantine",
         sa.Column("id", sa.Integer, primary_key=True),
