@@ -283,13 +283,24 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret the service will use, so logs can redact them: those in the config and
-        the platform tokens read from the environment."""
-        found: list[str] = []
-        _plain(self, found)
+        the platform tokens read from the environment.
+
+        Each secret is listed as written and as used: the adapters strip stray whitespace
+        (a token pasted with a newline, or read from the environment), so a log line carries
+        the stripped value, never the one in the file. The log formatter adds the encoded
+        forms a URL would carry.
+        """
+        written: list[str] = []
+        _plain(self, written)
         for channel, variable in ((self.channels.telegram, "TELEGRAM_BOT_TOKEN"),
                                   (self.channels.discord, "DISCORD_BOT_TOKEN")):
-            if channel is not None and not channel.token and os.environ.get(variable, "").strip():
-                found.append(os.environ[variable].strip())
+            if channel is not None and not channel.token:
+                written.append(os.environ.get(variable, ""))
+        found: list[str] = []
+        for value in written:
+            for form in (value, value.strip()):
+                if form.strip() and form not in found:
+                    found.append(form)
         return found
 
 

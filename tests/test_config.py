@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from bot.config import BUNDLED_MODEL_ID, load_config, masked_dict, parse_config
 from bot.errors import ConfigError
+from bot.logs import redact, setup_logging
 
 GOOD = {
     "gateway": {
@@ -102,6 +106,67 @@ def test_secrets_are_masked_and_listed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "secret-token" not in shown
     assert masked_dict(config)["channels"]["telegram"]["token"] == "********"
     assert config.secrets() == ["123:secret-token"]
+
+
+@pytest.fixture
+def real_logging() -> Iterator[None]:
+    """Lets a test call setup_logging, then puts the process's logging back as it was."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    noisy = {name: logging.getLogger(name).level
+             for name in ("httpx", "httpcore", "aiosqlite", "alembic")}
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, noisy_level in noisy.items():
+        logging.getLogger(name).setLevel(noisy_level)
+
+
+TOKEN = "424242:AAF-secret_token"
+
+
+@pytest.mark.parametrize("source", ["file", "substitution", "environment"])
+def test_a_token_with_whitespace_around_it_reaches_no_log_line(
+        source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        real_logging: None) -> None:
+    padded = f" {TOKEN}\n"
+    if source == "file":
+        channel: dict[str, object] = {"token": padded}
+    elif source == "substitution":
+        monkeypatch.setenv("TEST_TG_TOKEN", padded)
+        channel = {"token": "${TEST_TG_TOKEN}"}
+    else:
+        monkeypatch.setenv("TELEGRAM_BOT_TOKEN", padded)
+        channel = {}
+    config = parse_config({"channels": {"telegram": channel}})
+    setup_logging("debug", config.secrets(), tmp_path / "logs", to_stderr=False)
+    encoded = quote(TOKEN, safe="")
+    assert encoded != TOKEN  # the ":" is escaped: the case HTTP clients produce
+    # What the adapter sends (the stripped token) as the HTTP client logs it, both ways.
+    logging.getLogger("httpx").debug("HTTP Request: POST https://api.telegram.org/bot%s/getMe",
+                                     TOKEN)
+    logging.getLogger("httpx").debug("HTTP Request: GET https://relay.example/?token=%s",
+                                     encoded)
+    logging.getLogger("hearthbot").debug("configured token %r", padded)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    written = (tmp_path / "logs" / "hearthbot.log").read_text()
+    assert written.count("[redacted]") == 3, written
+    for leaked in (TOKEN, encoded, "secret_token", "AAF-secret"):
+        assert leaked not in written
+
+
+def test_redaction_leaves_no_fragment_of_nested_or_overlapping_secrets() -> None:
+    inner, outer = "abc123def", "xx-abc123def-yy"
+    assert redact(f"a {outer} b {inner} c", [inner, outer]) == "a [redacted] b [redacted] c"
+    assert redact(f"a {outer} b", [outer, inner]) == "a [redacted] b"
+    # Two secrets sharing characters: neither one's tail survives the other's redaction.
+    assert redact("<abcdefghijkl>", ["abcdefgh", "efghijkl"]) == "<[redacted]>"
+    assert redact("aaaaaaa", ["aaaaaa"]) == "[redacted]"
+    assert redact("nothing here", ["abcdefgh"]) == "nothing here"
 
 
 @pytest.mark.parametrize(
