@@ -16,6 +16,7 @@ from bot.config import (
     BindingSpec,
     Config,
     default_config_path,
+    grants_admin,
     load_config,
     masked_dict,
 )
@@ -245,7 +246,7 @@ async def _bind(config: Config, args: argparse.Namespace) -> int:
     spec = BindingSpec(persona=args.persona, platform=args.platform, chat_kind=args.chat_kind,
                        peer=args.peer, group=args.group, account=args.account, note=args.note)
     role = config.agents.instances[args.persona].role
-    if role == "admin" and (spec.chat_kind != "dm" or spec.peer is None):
+    if role == "admin" and not grants_admin(spec):
         print("hearthbot: an admin persona is only ever granted in a DM with a known person; "
               "give --chat-kind dm and --peer ID", file=sys.stderr)
         return EXIT_USAGE

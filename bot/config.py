@@ -380,7 +380,21 @@ def _check_references(config: Config) -> Config:
                 f"{binding.persona!r} is not an instance "
                 f"(expected one of: {', '.join(sorted(config.agents.instances))})",
             )
+        if config.agents.instances[binding.persona].role == "admin" and not grants_admin(binding):
+            # The router would refuse it at run time anyway; a config that cannot mean what it
+            # says is refused up front.
+            raise ConfigError(
+                f"agents.bindings[{index}]",
+                f"persona {binding.persona!r} has the admin role, which is only granted in a DM "
+                'with one named person: set chat_kind "dm" and the peer\'s id (not "*")',
+            )
     return config
+
+
+def grants_admin(binding: BindingSpec) -> bool:
+    """Whether a binding is narrow enough to carry the admin role: one DM with a named peer."""
+    peer = (binding.peer or "").strip()
+    return binding.chat_kind == "dm" and peer not in ("", "*")
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

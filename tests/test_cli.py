@@ -87,7 +87,8 @@ async def test_bind_list_unbind(cli_env: dict[str, str]) -> None:
 
 
 async def test_bind_refuses_admin_for_groups_and_wildcards(cli_env: dict[str, str]) -> None:
-    for extra in (["--chat-kind", "group", "--peer", "1"], ["--chat-kind", "dm"]):
+    for extra in (["--chat-kind", "group", "--peer", "1"], ["--chat-kind", "dm"],
+                  ["--chat-kind", "dm", "--peer", "*"]):
         code, _, err = await hearthbot("bind", "--platform", "telegram", "--persona", "admin",
                                        *extra, env=cli_env)
         assert code == 2 and "only ever granted in a DM" in err

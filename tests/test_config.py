@@ -175,6 +175,8 @@ def test_redaction_leaves_no_fragment_of_nested_or_overlapping_secrets() -> None
         ({"gateway": {"colour": "blue"}}, "gateway.colour"),
         ({"gateway": {"port": "eighty"}}, "gateway.port"),
         ({"agents": {"default": {"active_model": "local/missing"}}}, "agents.default.active_model"),
+        ({"agents": {"bindings": [{"persona": "admin", "platform": "telegram",
+                                   "chat_kind": "dm", "peer": "*"}]}}, "agents.bindings[0]"),
     ],
 )
 def test_cli_config_errors_are_one_line_and_exit_2(tmp_path: Path, change: dict[str, object],
@@ -190,6 +192,44 @@ def test_cli_config_errors_are_one_line_and_exit_2(tmp_path: Path, change: dict[
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr
         assert path in lines[0]
+
+
+ADMIN_WITHOUT_A_NAMED_PEER = [
+    {"persona": "admin", "platform": "telegram", "chat_kind": "dm"},
+    {"persona": "admin", "platform": "telegram", "chat_kind": "dm", "peer": "*"},
+    {"persona": "admin", "platform": "telegram", "chat_kind": "dm", "peer": "${EMPTY_ID}"},
+    {"persona": "admin", "platform": "telegram", "peer": "42"},
+    {"persona": "admin", "platform": "discord", "chat_kind": "group", "peer": "42"},
+    {"persona": "admin", "platform": "discord", "group": "9"},
+]
+
+
+@pytest.mark.parametrize("binding", ADMIN_WITHOUT_A_NAMED_PEER)
+def test_admin_binding_needs_a_dm_with_a_named_peer(binding: dict[str, str], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMPTY_ID", "")
+    guest = {"persona": "guest", "platform": "telegram"}  # a wildcard is fine for a guest
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"agents": {"bindings": [guest, binding]}}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file)
+    assert caught.value.path == "agents.bindings[1]"
+    assert "only granted in a DM with one named person" in str(caught.value)
+
+
+def test_config_check_refuses_a_wildcard_admin_in_one_sentence(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"agents": {"bindings": [
+        {"persona": "admin", "platform": "telegram", "chat_kind": "dm", "peer": "*"}]}}))
+    assert main(["config", "check", str(config_file)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("hearthbot: config error at agents.bindings[0]: persona 'admin' has the admin "
+                   "role, which is only granted in a DM with one named person: set chat_kind "
+                   "\"dm\" and the peer's id (not \"*\")\n")
 
 
 def test_cli_config_check_prints_effective_config_masked(
