@@ -237,10 +237,16 @@ class VoiceSpec:
     max_seconds: float = 300.0
 
 
+DEFAULT_HISTORY_DAYS = 90
+
+
 @dataclass(frozen=True)
 class StoreSpec:
     # A SQLAlchemy async URL; None means a SQLite file in the data directory.
     url: str | None = None
+    # Conversations (messages, summaries, turn records, stored inbound messages) older than
+    # this many days are deleted; None or 0 keeps them forever.
+    history_days: int | None = DEFAULT_HISTORY_DAYS
 
 
 @dataclass(frozen=True)
@@ -345,6 +351,9 @@ def parse_config(raw: object) -> Config:
 
 
 def _check_references(config: Config) -> Config:
+    if config.store.history_days is not None and config.store.history_days < 0:
+        raise ConfigError("store.history_days",
+                          "expected a number of days, 0 or more (null or 0: keep forever)")
     for name, provider in config.gateway.providers.items():
         where = f"gateway.providers.{name}"
         if provider.type != "embedded" and not provider.base_url:

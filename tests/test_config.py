@@ -44,6 +44,7 @@ def test_no_config_file_means_bundled_model_and_sqlite() -> None:
     assert model.id == BUNDLED_MODEL_ID and model.path is None
     assert config.store_url().startswith("sqlite+aiosqlite:///")
     assert set(config.agents.instances) == {"admin", "guest"}
+    assert config.store.history_days == 90
 
 
 def test_aliases_resolve_and_env_references_expand(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,6 +73,9 @@ def test_aliases_resolve_and_env_references_expand(monkeypatch: pytest.MonkeyPat
          "gateway.providers.ollama.models[0].id", "required key is missing"),
         (lambda c: c["channels"]["telegram"].update(enabled="yes"),
          "channels.telegram.enabled", "expected true or false"),
+        (lambda c: c.update(store={"history_days": -1}), "store.history_days", "0 or more"),
+        (lambda c: c.update(store={"history_days": 1.5}), "store.history_days",
+         "expected an integer"),
     ],
 )
 def test_errors_name_the_key_path(mutate: object, path: str, expected: str,
