@@ -87,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     pair = commands.add_parser("pair", help="print a one-hour code that makes a DM the owner's")
     pair.set_defaults(handler=_pair)
 
+    forget = commands.add_parser("forget", help="delete everything stored about one chat")
+    forget.set_defaults(handler=_forget)
+    forget.add_argument("--chat", required=True, metavar="ID",
+                        help="the chat's id (a Telegram DM's is the user's id; the terminal "
+                             "chat's is 'owner')")
+    forget.add_argument("--platform", help="only this platform's chat (default: every platform)")
+
     transcribe = commands.add_parser("transcribe",
                                      help="print what a voice note or audio file says")
     transcribe.set_defaults(handler=_transcribe)
@@ -265,6 +272,23 @@ async def _pair(config: Config, args: argparse.Namespace) -> int:
     minutes = int(CODE_LIFETIME.total_seconds() // 60)
     print(f"Pairing code: {display(code)} (valid for {minutes} minutes)")
     print(f"Send  /pair {code}  to the bot in a direct message to make that chat yours.")
+    return EXIT_OK
+
+
+async def _forget(config: Config, args: argparse.Namespace) -> int:
+    chat_id: str = args.chat
+    platform: str | None = args.platform
+    from bot.service import open_store
+    from bot.store.retention import forget_chat
+
+    async with open_store(config) as store:
+        removed = await forget_chat(store, chat_id, platform)
+    where = f"chat {chat_id}" + (f" on {platform}" if platform else "")
+    if not removed.total:
+        print(f"nothing was stored for {where}")
+    else:
+        print(f"forgot {where}: removed {removed.describe()}")
+    log.info("forgot a chat on request: removed %s", removed.describe())
     return EXIT_OK
 
 
