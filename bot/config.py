@@ -251,10 +251,16 @@ class VoiceSpec:
     unaddressed_per_hour: int = 30
 
 
+DEFAULT_HISTORY_DAYS = 90
+
+
 @dataclass(frozen=True)
 class StoreSpec:
     # A SQLAlchemy async URL; None means a SQLite file in the data directory.
     url: str | None = None
+    # Conversations (messages, summaries, turn records, stored inbound messages) older than
+    # this many days are deleted; None or 0 keeps them forever.
+    history_days: int | None = DEFAULT_HISTORY_DAYS
 
 
 @dataclass(frozen=True)
@@ -297,13 +303,24 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret the service will use, so logs can redact them: those in the config and
-        the platform tokens read from the environment."""
-        found: list[str] = []
-        _plain(self, found)
+        the platform tokens read from the environment.
+
+        Each secret is listed as written and as used: the adapters strip stray whitespace
+        (a token pasted with a newline, or read from the environment), so a log line carries
+        the stripped value, never the one in the file. The log formatter adds the encoded
+        forms a URL would carry.
+        """
+        written: list[str] = []
+        _plain(self, written)
         for channel, variable in ((self.channels.telegram, "TELEGRAM_BOT_TOKEN"),
                                   (self.channels.discord, "DISCORD_BOT_TOKEN")):
-            if channel is not None and not channel.token and os.environ.get(variable, "").strip():
-                found.append(os.environ[variable].strip())
+            if channel is not None and not channel.token:
+                written.append(os.environ.get(variable, ""))
+        found: list[str] = []
+        for value in written:
+            for form in (value, value.strip()):
+                if form.strip() and form not in found:
+                    found.append(form)
         return found
 
 
@@ -348,6 +365,9 @@ def parse_config(raw: object) -> Config:
 
 
 def _check_references(config: Config) -> Config:
+    if config.store.history_days is not None and config.store.history_days < 0:
+        raise ConfigError("store.history_days",
+                          "expected a number of days, 0 or more (null or 0: keep forever)")
     for name, provider in config.gateway.providers.items():
         where = f"gateway.providers.{name}"
         if provider.type != "embedded" and not provider.base_url:
@@ -385,6 +405,14 @@ def _check_references(config: Config) -> Config:
                 f"{binding.persona!r} is not an instance "
                 f"(expected one of: {', '.join(sorted(config.agents.instances))})",
             )
+        if config.agents.instances[binding.persona].role == "admin" and not grants_admin(binding):
+            # The router would refuse it at run time anyway; a config that cannot mean what it
+            # says is refused up front.
+            raise ConfigError(
+                f"agents.bindings[{index}]",
+                f"persona {binding.persona!r} has the admin role, which is only granted in a DM "
+                'with one named person: set chat_kind "dm" and the peer\'s id (not "*")',
+            )
     return config
 
 
@@ -401,6 +429,12 @@ def _check_tool_policy(policy: ToolPolicy, where: str) -> None:
     if policy.access == "full" and policy.allow is not None:
         raise ConfigError(f"{where}.access",
                           "give either access \"full\" or an allow list, not both")
+
+
+def grants_admin(binding: BindingSpec) -> bool:
+    """Whether a binding is narrow enough to carry the admin role: one DM with a named peer."""
+    peer = (binding.peer or "").strip()
+    return binding.chat_kind == "dm" and peer not in ("", "*")
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
