@@ -19,10 +19,12 @@ def build_adapters(config: Config, gateway: Gateway) -> list[Adapter]:
     if telegram is not None and telegram.enabled:
         from adapters.telegram import TelegramAdapter
 
-        adapters.append(TelegramAdapter(telegram, gateway))
+        adapters.append(TelegramAdapter(telegram, gateway,
+                                        stop_seconds=config.gateway.stop_seconds))
     discord = config.channels.discord
     if discord is not None and discord.enabled:
         from adapters.discord import DiscordAdapter
 
-        adapters.append(DiscordAdapter(discord, gateway))
+        adapters.append(DiscordAdapter(discord, gateway,
+                                       stop_seconds=config.gateway.stop_seconds))
     return adapters

@@ -12,10 +12,15 @@ class Adapter(Protocol):
     ready: asyncio.Event
 
     async def serve(self) -> None:
-        """Connect, answer messages until cancelled, then disconnect.
+        """Connect, answer messages until `stop()` (or cancellation), then disconnect.
 
         Raises AdapterStartError (one sentence a person can act on) when it cannot start, for
-        example with a rejected token. Unanswered messages stay in the inbox and are answered
-        at the next start.
+        example with a rejected token; any other error is worth a restart. Unanswered messages
+        stay in the inbox and are answered at the next start. serve() may be called again after
+        it returned or failed.
         """
+        ...
+
+    async def stop(self) -> None:
+        """Stop taking new messages; serve() lets replies under way finish, then returns."""
         ...

@@ -310,6 +310,9 @@ class DiscordAdapter:
             self, intents=intents_for(self.channel), max_ratelimit_timeout=LIBRARY_WAIT_LIMIT,
             # Model output must never ping @everyone, a role or a user.
             allowed_mentions=discord.AllowedMentions.none(),
+            # No message cache: replies are told apart by the payload's own reference, and a
+            # cache of the last thousand messages only costs memory in busy servers.
+            max_messages=None,
             guild_ready_timeout=self.guild_ready_timeout)
         self.client, self._intake = client, self._new_intake()
         try:

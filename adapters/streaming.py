@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -61,16 +62,33 @@ class Pacer:
 
 
 class ChatPacers:
-    """One Pacer per chat, made on first use: platforms limit calls per chat."""
+    """One Pacer per chat, made on first use: platforms limit calls per chat.
 
-    def __init__(self) -> None:
-        self._pacers: dict[str, Pacer] = {}
+    At most `keep` are remembered: past that, the least recently used pacers that hold
+    nothing back are forgotten (a new one for that chat starts ready, as it would be).
+    """
+
+    def __init__(self, keep: int = 1024) -> None:
+        self.keep = keep
+        self._pacers: OrderedDict[str, Pacer] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pacers)
 
     def get(self, chat_id: str, interval: float) -> Pacer:
         pacer = self._pacers.get(chat_id)
         if pacer is None:
             pacer = self._pacers[chat_id] = Pacer(interval)
+            if len(self._pacers) > self.keep:
+                self._forget_idle()
+        self._pacers.move_to_end(chat_id)
         return pacer
+
+    def _forget_idle(self) -> None:
+        for chat_id in [c for c, p in self._pacers.items() if p.ready()]:
+            if len(self._pacers) <= self.keep:
+                return
+            del self._pacers[chat_id]
 
 
 async def deliver_surely(pacer: Pacer, call: Callable[[], Awaitable[T]],

@@ -21,7 +21,6 @@ from bot.config import (
     masked_dict,
 )
 from bot.errors import (
-    AdapterStartError,
     ConfigBinding,
     ConfigError,
     HearthbotError,
@@ -199,7 +198,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
               "nothing to run.", file=sys.stderr)
         return EXIT_USAGE
     from adapters import build_adapters
-    from bot.service import open_service
+    from bot.service import open_service, serve_platforms
 
     async with open_service(config) as service:
         try:
@@ -209,27 +208,17 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
             log.warning("the model is not ready: %s", exc)
             print(f"hearthbot: the model is not ready yet ({exc}); starting anyway.",
                   file=sys.stderr)
-        tasks = [asyncio.create_task(a.serve(), name=a.platform)
-                 for a in build_adapters(config, service.gateway)]
+        stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, lambda: [t.cancel() for t in tasks])
+            loop.add_signal_handler(signum, stopping.set)
         log.info("serving %s", ", ".join(config.channels_enabled))
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            if not task.cancelled() and isinstance(task.exception(), AdapterStartError):
-                print(f"hearthbot: {task.exception()}", file=sys.stderr)
-                return EXIT_FAILED
-            if not task.cancelled() and task.exception() is not None:
-                log.error("%s adapter stopped", task.get_name(), exc_info=task.exception())
-                print(f"hearthbot: the {task.get_name()} adapter stopped unexpectedly; "
-                      "see the log for details.", file=sys.stderr)
-                return EXIT_FAILED
+        failure = await serve_platforms(service, build_adapters(config, service.gateway),
+                                        stopping)
+        if failure is not None:
+            print(f"hearthbot: {failure.user_message}", file=sys.stderr)
+            return EXIT_FAILED
+        log.info("stopped")
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ from tests.fakes.llm_backends import FakeOllama, FakeOpenAI
 from tests.fakes.telegram import FakeTelegram
 from tests.support.discord import TOKEN
 from tests.support.helpers import make_config, ollama_config
+from tests.support.telegram import Running, start, telegram_config
 
 
 def _is_local(host: object) -> bool:
@@ -55,6 +56,15 @@ def data_dir(tmp_path: Path) -> Path:
 async def fake_tg() -> AsyncIterator[FakeTelegram]:
     async with FakeTelegram() as fake:
         yield fake
+
+
+@pytest.fixture
+async def running(data_dir: Path, fake_tg: FakeTelegram,
+                  fake_ollama: FakeOllama) -> AsyncIterator[Running]:
+    """The Telegram adapter serving, with the owner bound (see tests/support/telegram.py)."""
+    async for value in start(telegram_config(data_dir, fake_tg, fake_ollama), fake_tg,
+                             fake_ollama):
+        yield value
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,18 +30,11 @@ from tests.support.telegram import (
     OWNER,
     STRANGER,
     Running,
+    acknowledged,
     start,
     telegram_config,
     texts,
 )
-
-
-@pytest.fixture
-async def running(data_dir: Path, fake_tg: FakeTelegram,
-                  fake_ollama: FakeOllama) -> AsyncIterator[Running]:
-    async for value in start(telegram_config(data_dir, fake_tg, fake_ollama), fake_tg,
-                             fake_ollama):
-        yield value
 
 
 async def test_owner_dm_gets_admin_and_streams_through_drafts(running: Running) -> None:
@@ -147,11 +139,6 @@ async def test_rate_limit_mid_stream_is_honoured_and_reply_completes(running: Ru
     limited = next(c for c in calls if c.status == 429)
     during = [c for c in calls if limited.at < c.at < limited.at + 1.0]
     assert during == [], "no calls to the chat while Telegram asked us to wait"
-
-
-def acknowledged(tg: FakeTelegram, update_id: int) -> bool:
-    """The adapter has asked for updates after this one: it has taken it in."""
-    return any(int(c.params.get("offset") or 0) > update_id for c in tg.calls_to("getUpdates"))
 
 
 async def test_same_update_twice_is_answered_once(running: Running) -> None:

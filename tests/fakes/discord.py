@@ -334,10 +334,26 @@ class FakeDiscord(FakeServer):
         session = self._session
         if session is None or not self._wanted(session, event, data):
             return
-        session.seq += 1
         # A deep copy: later edits of the stored message must not leak into queued frames.
-        visible = copy.deepcopy(self._visible(session, event, data))
-        frame = {"op": 0, "t": event, "s": session.seq, "d": visible}
+        self.dispatch_as_is(event, copy.deepcopy(self._visible(session, event, data)))
+
+    def forget_history(self) -> None:
+        """Drop the messages, calls and frames kept so far (long soak tests keep memory flat);
+        a RESUME after this replays nothing older."""
+        self._messages.clear()
+        self.calls.clear()
+        self.gateway_frames.clear()
+        if self._session is not None:
+            self._session.backlog.clear()
+
+    def dispatch_as_is(self, event: str, data: object) -> None:
+        """A dispatch exactly as given, however malformed: what a buggy or newer Discord
+        might send."""
+        session = self._session
+        if session is None:
+            return
+        session.seq += 1
+        frame = {"op": 0, "t": event, "s": session.seq, "d": data}
         session.backlog.append(frame)
         if session.conn is not None:
             session.conn.send(frame)

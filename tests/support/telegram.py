@@ -62,3 +62,8 @@ async def start(config: Config, fake_tg: FakeTelegram, fake_ollama: FakeOllama,
 
 def texts(tg: FakeTelegram, chat: int) -> list[str]:
     return [str(m.get("text", "")) for m in tg.sent_messages(chat)]
+
+
+def acknowledged(tg: FakeTelegram, update_id: int) -> bool:
+    """The adapter has asked for updates after this one: it has taken it in."""
+    return any(int(c.params.get("offset") or 0) > update_id for c in tg.calls_to("getUpdates"))
