@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
-from bot.events import ChatKind, InboundEvent, ReplyFailed, ReplyPart, ReplyText
+from bot.events import ChatKind, InboundEvent, ReplyFailed, ReplyPart, ReplyStatus, ReplyText
 from bot.gateway import Gateway
 from bot.turn import TurnResult
 
@@ -38,6 +38,9 @@ class ConsoleChat:
                 self.out.write(part.text)
                 self.out.flush()
                 wrote_text = True
+            elif isinstance(part, ReplyStatus):
+                self.err.write(f"[{part.text}]\n")
+                self.err.flush()
             elif isinstance(part, ReplyFailed):
                 if wrote_text:
                     self.out.write("\n")

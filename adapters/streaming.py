@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from adapters.chunking import split_message
 from bot.errors import DeliveryError, PlatformUnavailable, RateLimited
-from bot.events import ReplyFailed, ReplyPart, ReplyText
+from bot.events import ReplyFailed, ReplyPart, ReplyStatus, ReplyText
 
 if TYPE_CHECKING:
     from bot.voice.tts import SpokenClip
@@ -196,6 +196,13 @@ def final_text(text: str, failure: str | None) -> str:
     return f"{text.rstrip()}\n\n{failure}" if text.strip() else failure
 
 
+def with_status(text: str, status: str) -> str:
+    """Progress as shown: the reply so far, and below it what a tool is doing, if anything."""
+    if not status:
+        return text
+    return f"{text.rstrip()}\n\n{status}" if text.strip() else status
+
+
 async def _nothing(handle: object) -> None:
     return None
 
@@ -209,10 +216,10 @@ async def stream_by_editing(parts: AsyncIterable[ReplyPart], chat: EditableChat[
     end (its turn is recorded right after).
     """
     shown: list[_Shown[Handle]] = []
-    text, failure = "", None
+    text, failure, status = "", None, ""
 
     async def progress() -> None:
-        pieces = split_message(text, chat.limit)
+        pieces = split_message(with_status(text, status), chat.limit)
         # One call per tick: complete a finished message first, then open the next one, then
         # grow the current one.
         for index, piece in enumerate(pieces):
@@ -229,11 +236,14 @@ async def stream_by_editing(parts: AsyncIterable[ReplyPart], chat: EditableChat[
     async with typing_while(chat.typing) as stop_typing:
         async for part in parts:
             if isinstance(part, ReplyText):
-                text += part.text
+                text, status = text + part.text, ""
                 if text.strip():
                     stop_typing()
                     await try_now(pacer, progress)
-            elif isinstance(part, ReplyFailed):
+            elif isinstance(part, ReplyStatus):
+                status = part.text  # typing stays on: the answer is still to come
+                await try_now(pacer, progress)
+            else:
                 failure = part.message
     pieces = split_message(final_text(text, failure), chat.limit)
     for index, piece in enumerate(pieces):
@@ -270,22 +280,26 @@ async def stream_by_preview(parts: AsyncIterable[ReplyPart], chat: PreviewChat[H
     end, is sent as a real message. Returns the messages sent; `sent` is told of each but the
     very last, as in `stream_by_editing`."""
     messages: list[Handle] = []
-    text, failure, previewed = "", None, ""
+    text, failure, previewed, status = "", None, "", ""
 
     async with typing_while(chat.typing) as stop_typing:
         async for part in parts:
             if isinstance(part, ReplyFailed):
                 failure = part.message
                 continue
-            text += part.text
+            if isinstance(part, ReplyStatus):
+                status = part.text
+            else:
+                text, status = text + part.text, ""
             pieces = split_message(text, chat.limit)
             while len(pieces) - 1 > len(messages):  # a full piece becomes a real message
                 piece = pieces[len(messages)]
                 messages.append(await deliver_surely(pacer, partial(chat.send, piece, True)))
                 await sent(messages[-1])
-            current = pieces[-1]
+            current = with_status(pieces[-1], status)
             if current.strip() and current != previewed:
-                stop_typing()
+                if not status:
+                    stop_typing()
                 if await try_now(pacer, partial(chat.preview, current)):
                     previewed = current
     remaining = split_message(final_text(text, failure), chat.limit)[len(messages):]

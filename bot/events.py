@@ -106,13 +106,21 @@ class ReplyText:
 
 
 @dataclass(frozen=True)
+class ReplyStatus:
+    """What the assistant is doing meanwhile ("reading notes/todo.md…"): shown while nothing
+    newer is, never part of the final reply."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ReplyFailed:
     """The turn could not be completed; `message` is one plain sentence for the user."""
 
     message: str
 
 
-ReplyPart = ReplyText | ReplyFailed
+ReplyPart = ReplyText | ReplyStatus | ReplyFailed
 
 
 async def _not_recorded(handle: str) -> None:

@@ -15,9 +15,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot import commands
+from bot.agent import AgentLoop
 from bot.errors import HearthbotError, VoiceError
 from bot.events import InboundEvent, MessageStatus, Reply, ReplyPart, ReplyText
 from bot.model_host import ModelHost
@@ -25,6 +27,7 @@ from bot.router import Resolution, resolve
 from bot.store import Store, inbox
 from bot.store.bindings import list_bindings
 from bot.store.history import start_new_session
+from bot.tools import ToolContext, ToolGate
 from bot.turn import Deliver, DeliverVoice, Turn, TurnResult
 from persona import Persona
 
@@ -42,11 +45,15 @@ GREETING = "Yes? Ask me anything."
 
 class Gateway:
     def __init__(self, store: Store, models: ModelHost, personas: Mapping[str, Persona],
-                 speech: Speech | None = None) -> None:
+                 speech: Speech | None = None, tools: ToolGate | None = None,
+                 data_dir: Path | None = None) -> None:
         self.store = store
         self.models = models
         self.personas = personas
         self.speech = speech
+        # Without a gate (or a place for the tools' data) no persona gets any tool.
+        self.tools = tools if data_dir is not None else None
+        self.data_dir = data_dir
         self._roles = {name: p.role for name, p in personas.items()}
         self._admin_persona = next((n for n, p in personas.items() if p.role == "admin"), None)
         self._records: set[asyncio.Future[None]] = set()
@@ -151,8 +158,12 @@ class Gateway:
             return await self._finish(inbox_id, event, reply, text, MessageStatus.ANSWERED)
         speaker = (self.speech.speaker() if self.speech and deliver_voice
                    and _speaks(persona, event) else None)
-        turn = Turn(self.store, self.models.target(persona.model), persona, inbox_id, event,
-                    speaker, self._shielded)
+        # The tools' context comes from the router's decision (persona) and the event's own
+        # platform and chat: nothing the model or the message says can change it.
+        context = (ToolContext(persona, event.platform, event.chat_id, self.data_dir)
+                   if self.data_dir is not None else None)
+        agent = AgentLoop(self.models.target(persona.model), persona, self.tools, context)
+        turn = Turn(self.store, agent, inbox_id, event, speaker, self._shielded)
         return await turn.run(reply.deliver, deliver_voice)
 
     async def _finish(self, inbox_id: int, event: InboundEvent, reply: _ReplyOutlet,

@@ -6,10 +6,11 @@ cut with a visible note rather than silently dropped.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from bot.config import ModelSpec
-from bot.providers import ChatMessage
+from bot.providers import ChatMessage, ToolSpec
 from bot.store.history import StoredMessage
 
 # Without the model's tokenizer at hand, a conservative estimate: English runs near four
@@ -29,13 +30,21 @@ def user_content(text: str, transcribed: bool) -> str:
     return f"{TRANSCRIPT_NOTE}\n{text}" if transcribed else text
 
 
+def schema_tokens(tools: Sequence[ToolSpec]) -> int:
+    """What offering these tools costs in prompt tokens (their schemas ride in the prompt)."""
+    return sum(estimate_tokens(json.dumps({"name": t.name, "description": t.description,
+                                           "parameters": t.parameters})) for t in tools)
+
+
 def fit_messages(system_prompt: str, history: Sequence[StoredMessage], text: str,
                  transcribed: bool, model: ModelSpec, output_tokens: int,
-                 summary: str = "") -> list[ChatMessage]:
+                 summary: str = "", reserved_tokens: int = 0) -> list[ChatMessage]:
+    """The prompt for one request; `reserved_tokens` are taken by what rides beside the
+    messages (tool schemas)."""
     system = system_prompt
     if summary:
         system = f"{system_prompt}\nEarlier in this conversation: {summary}"
-    budget = model.context_window - output_tokens - estimate_tokens(system)
+    budget = model.context_window - output_tokens - reserved_tokens - estimate_tokens(system)
     content = user_content(text, transcribed)
     if estimate_tokens(content) > budget:
         keep = max((budget - estimate_tokens(CUT_NOTE)) * CHARS_PER_TOKEN, 0)

@@ -19,6 +19,7 @@ from bot.model_host import ModelHost
 from bot.store import Store
 from bot.store.bindings import seed_bindings
 from bot.store.retention import prune_history
+from bot.tools import ToolGate, build_tools
 from persona import build_personas
 
 if TYPE_CHECKING:
@@ -58,7 +59,9 @@ async def open_service(config: Config, *, voice: bool = True) -> AsyncIterator[S
 
             speech = Speech(config.voice)
             speech.preload()
-        gateway = Gateway(store, models, build_personas(config), speech)
+        gateway = Gateway(store, models, build_personas(config), speech,
+                          ToolGate(store, build_tools(), secrets=config.secrets()),
+                          config.data_path())
         try:
             yield Service(config, store, models, gateway)
         finally:

@@ -17,13 +17,20 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bot import prompt_window
+from bot.agent import AgentLoop, ToolStatus
 from bot.errors import ProviderError
-from bot.events import InboundEvent, MessageStatus, Reply, ReplyFailed, ReplyPart, ReplyText
-from bot.model_host import ModelTarget
-from bot.providers import ChatMessage, StreamEnd, TextDelta
+from bot.events import (
+    InboundEvent,
+    MessageStatus,
+    Reply,
+    ReplyFailed,
+    ReplyPart,
+    ReplyStatus,
+    ReplyText,
+)
+from bot.providers import ChatMessage
 from bot.store import Store
 from bot.store.history import TurnRecord, open_conversation, save_turn
-from persona import Persona
 
 if TYPE_CHECKING:  # speech pulls in audio libraries; a text-only process never loads them
     from bot.voice.speech import Speaker
@@ -67,11 +74,12 @@ class TurnResult:
 
 
 class Turn:
-    def __init__(self, store: Store, target: ModelTarget, persona: Persona, inbox_id: int,
+    def __init__(self, store: Store, agent: AgentLoop, inbox_id: int,
                  event: InboundEvent, speaker: Speaker | None, shield: Shield) -> None:
         self.store = store
-        self.target = target
-        self.persona = persona
+        self.agent = agent
+        self.target = agent.target
+        self.persona = agent.persona
         self.inbox_id = inbox_id
         self.event = event
         self.speaker = speaker
@@ -80,7 +88,6 @@ class Turn:
         self.pieces: list[str] = []
         self.first_token_at: datetime | None = None
         self.first_token_seconds: float | None = None
-        self.end: StreamEnd | None = None
         self.failure: str | None = None
 
     async def run(self, send: SendReply, deliver_voice: DeliverVoice | None) -> TurnResult:
@@ -89,7 +96,8 @@ class Turn:
         output_tokens = self.persona.params.max_tokens or self.target.model.max_tokens
         messages = prompt_window.fit_messages(
             self.persona.system_prompt, conversation.messages, self.event.text,
-            self.event.transcribed, self.target.model, output_tokens, conversation.summary)
+            self.event.transcribed, self.target.model, output_tokens, conversation.summary,
+            reserved_tokens=prompt_window.schema_tokens(self.agent.tools()))
         try:
             async with aclosing(self._reply(messages)) as stream:
                 await send(stream)
@@ -105,8 +113,7 @@ class Turn:
         if self.speaker is not None and deliver_voice is not None:
             await self._speak(deliver_voice)
         result = TurnResult(self.status, self.first_token_seconds,
-                            time.perf_counter() - self.started,
-                            self.end.completion_tokens if self.end else None)
+                            time.perf_counter() - self.started, self._completion_tokens)
         log.info("%s turn in %s chat %s: persona=%s model=%s first token %s s, %.2f s in all, "
                  "%s tokens", self.status, self.event.platform, self.event.chat_id,
                  self.persona.name, self.target.label,
@@ -115,20 +122,23 @@ class Turn:
         return result
 
     @property
+    def _completion_tokens(self) -> int | None:
+        return self.agent.run.completion_tokens if self.agent.run.counted else None
+
+    @property
     def status(self) -> MessageStatus:
         return MessageStatus.FAILED if self.failure else MessageStatus.ANSWERED
 
     async def _reply(self, messages: list[ChatMessage]) -> AsyncGenerator[ReplyPart, None]:
         try:
-            async for delta in self.target.provider.stream(self.target.model, messages,
-                                                           self.persona.params):
-                if isinstance(delta, TextDelta):
-                    self._heard_text(delta.text)
-                    if self.speaker is not None:
-                        await self._feed_speaker(delta.text)
-                    yield ReplyText(delta.text)
-                elif isinstance(delta, StreamEnd):
-                    self.end = delta
+            async for delta in self.agent.reply(messages):
+                if isinstance(delta, ToolStatus):
+                    yield ReplyStatus(delta.text)
+                    continue
+                self._heard_text(delta.text)
+                if self.speaker is not None:
+                    await self._feed_speaker(delta.text)
+                yield ReplyText(delta.text)
         except ProviderError as exc:
             self.failure = str(exc)
             log.warning("turn for %s message %s failed: %s", self.event.platform,
@@ -168,8 +178,9 @@ class Turn:
             model=self.target.label, received_at=_naive(self.event.received_at),
             first_token_at=_naive(self.first_token_at) if self.first_token_at else None,
             done_at=_naive(datetime.now(UTC)),
-            prompt_tokens=self.end.prompt_tokens if self.end else None,
-            completion_tokens=self.end.completion_tokens if self.end else None,
+            prompt_tokens=self.agent.run.prompt_tokens if self.agent.run.counted else None,
+            completion_tokens=self._completion_tokens,
+            tool_calls=tuple(f"{c.tool}:{c.outcome}:{c.audit_id}" for c in self.agent.run.calls),
             status=self.status, error=self.failure, user_text=self.event.text,
             user_transcribed=self.event.transcribed, reply_text="".join(self.pieces),
         ))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -45,6 +46,8 @@ class TurnRecord:
     user_text: str | None = None
     user_transcribed: bool = False
     reply_text: str | None = None
+    # Each tool call the turn made, as "tool:outcome:audit id" (the audit row has the rest).
+    tool_calls: tuple[str, ...] = ()
 
 
 async def open_conversation(store: Store, platform: str, chat_id: str, persona: str,
@@ -90,6 +93,7 @@ async def save_turn(store: Store, turn: TurnRecord) -> None:
             received_at=turn.received_at, first_token_at=turn.first_token_at,
             done_at=turn.done_at, prompt_tokens=turn.prompt_tokens,
             completion_tokens=turn.completion_tokens,
+            tool_calls=json.dumps(list(turn.tool_calls)) if turn.tool_calls else None,
         ))
         if turn.inbox_id is not None:
             await session.execute(update(InboxRow).where(InboxRow.id == turn.inbox_id)

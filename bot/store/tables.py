@@ -113,6 +113,7 @@ class TurnRow(Base):
     done_at: Mapped[datetime | None] = mapped_column(default=None)
     prompt_tokens: Mapped[int | None] = mapped_column(default=None)
     completion_tokens: Mapped[int | None] = mapped_column(default=None)
+    tool_calls: Mapped[str | None] = mapped_column(Text, default=None)  # JSON list
 
 
 class PairingCodeRow(Base):

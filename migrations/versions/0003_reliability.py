@@ -1,4 +1,5 @@
-"""Reliability: attempts and sent reply ids on the inbox; a quarantine for unreadable payloads.
+"""Reliability: attempts and sent reply ids on the inbox; a quarantine for unreadable payloads;
+the tool calls of each turn.
 
 Revision ID: 0003
 Revises: 0002
@@ -27,6 +28,9 @@ def upgrade() -> None:
                                        server_default="0"))
         if "sent" not in columns:
             inbox.add_column(sa.Column("sent", sa.Text))
+    if "tool_calls" not in {column["name"] for column in inspector.get_columns("turns")}:
+        with op.batch_alter_table("turns") as turns:
+            turns.add_column(sa.Column("tool_calls", sa.Text))
     if inspector.has_table("quarantine"):
         return
     op.create_table(
@@ -42,6 +46,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("quarantine")
+    with op.batch_alter_table("turns") as turns:
+        turns.drop_column("tool_calls")
     with op.batch_alter_table("inbox") as inbox:
         inbox.drop_column("sent")
         inbox.drop_column("attempts")
