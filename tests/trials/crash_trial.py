@@ -579,7 +579,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--platform", choices=("telegram", "discord", "both"), default="both")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--calibration", type=int, default=None,
-                        help="undisturbed turns first, to time a turn (10; 4 with --quick)")
+                        help="undisturbed turns first, to time a turn and the window (20; 4 "
+                             "with --quick)")
     parser.add_argument("--repo", type=Path, default=OWN_CHECKOUT,
                         help="the checkout whose code the service runs (this one)")
     parser.add_argument("--budget", type=float, default=90.0,
@@ -591,7 +592,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.trials = 10
     if args.calibration is None:
-        args.calibration = 4 if args.quick else 10
+        args.calibration = 4 if args.quick else 20
     args.repo = args.repo.resolve()
     return args
 
