@@ -16,7 +16,7 @@ import base64
 import io
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,7 +33,7 @@ from adapters.streaming import (
 )
 from bot.config import DiscordChannel
 from bot.errors import AdapterStartError, DeliveryError, PlatformUnavailable, RateLimited
-from bot.events import ChatKind, InboundEvent, ReplyPart, VoiceAttachment
+from bot.events import ChatKind, InboundEvent, Reply, VoiceAttachment
 from bot.gateway import Gateway
 
 if TYPE_CHECKING:
@@ -178,8 +178,6 @@ class DiscordChat:
 
     limit = TEXT_LIMIT
 
-    # Discord has no formatting pass of ours: an unchanged final piece needs no edit.
-    reformats_final = False
 
     def __init__(self, channel: discord.PartialMessageable,
                  reply_to: discord.MessageReference | None) -> None:
@@ -195,6 +193,18 @@ class DiscordChat:
         # Cleared only once a piece went out: a retried first piece still carries the reference.
         self.reply_to = None
         return message
+
+    def final_differs(self, shown: str, final: str) -> bool:
+        # Discord renders Markdown itself: progress and final look alike for the same text.
+        return shown != final
+
+    async def remove(self, handles: tuple[str, ...]) -> None:
+        """Delete what an interrupted earlier attempt at this reply left in the channel."""
+        for handle in handles:
+            try:
+                await _translated(self.channel.get_partial_message(int(handle)).delete())
+            except DeliveryError as exc:  # already gone
+                log.info("discord: could not remove message %s: %s", handle, exc)
 
     async def edit(self, handle: discord.Message, text: str, final: bool) -> None:
         await _translated(handle.edit(content=text))
@@ -232,6 +242,13 @@ class _Client(discord.Client):
     def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
         super().__init__(**options)
         self._adapter = adapter
+        # discord.py runs a gateway event's parser inside its connection loop, so one parser
+        # that trips over a malformed or newer payload ends the whole client. Each parser is
+        # wrapped so that such a dispatch is quarantined and the next one goes on. The table
+        # is discord.py's own (ConnectionState.parsers); there is no public hook for this.
+        parsers: dict[str, Callable[[Any], None]] = self._connection.parsers
+        for name, parser in list(parsers.items()):
+            parsers[name] = partial(adapter.parse_guarded, name, parser)
 
     async def setup_hook(self) -> None:
         await self._adapter.logged_in(self)
@@ -247,15 +264,17 @@ class DiscordAdapter:
     platform = PLATFORM
 
     def __init__(self, channel: DiscordChannel, gateway: Gateway, *,
-                 guild_ready_timeout: float = 2.0) -> None:
+                 guild_ready_timeout: float = 2.0, stop_seconds: float = 10.0) -> None:
         self.channel = channel
         self.gateway = gateway
         self.ready = asyncio.Event()
         # discord.py waits this long after the last GUILD_CREATE before on_ready.
         self.guild_ready_timeout = guild_ready_timeout
         self.client: discord.Client | None = None
+        self.stop_seconds = stop_seconds
         self._pacers = ChatPacers()
         self._intake = self._new_intake()
+        self._quarantining: set[asyncio.Future[None]] = set()
 
     def _new_intake(self) -> Intake:
         # Answers wait for the first on_ready: before it, sends could race the session.
@@ -264,6 +283,26 @@ class DiscordAdapter:
     async def idle(self) -> None:
         """Wait until every message taken in so far has been answered."""
         await self._intake.idle()
+
+    @property
+    def last_seen(self) -> str | None:
+        """The last message (or quarantined payload) taken in; all before it were too."""
+        return self._intake.last_seen
+
+    async def stop(self) -> None:
+        """Let replies under way finish (new messages are still stored, for the next start),
+        then disconnect; serve() returns."""
+        await self._intake.drain(self.stop_seconds)
+        if self.client is not None:
+            await self.client.close()
+
+    def parse_guarded(self, event: str, parser: Callable[[Any], None], data: Any) -> None:
+        try:
+            parser(data)
+        except Exception as exc:
+            task = asyncio.ensure_future(self._intake.quarantine(f"dispatch {event}", data, exc))
+            self._quarantining.add(task)
+            task.add_done_callback(self._quarantining.discard)
 
     async def serve(self) -> None:
         token = bot_token(PLATFORM, self.channel.token, TOKEN_ENV)
@@ -291,8 +330,10 @@ class DiscordAdapter:
                 raise AdapterStartError(BAD_TOKEN) from exc
             raise
         except (aiohttp.ClientError, OSError) as exc:
-            # Once connected discord.py reconnects by itself, so these come from the login.
-            raise AdapterStartError(UNREACHABLE.format(type(exc).__name__)) from exc
+            # Once connected discord.py reconnects by itself, so these come from the login:
+            # worth another try later, unlike a rejected token.
+            message = UNREACHABLE.format(type(exc).__name__)
+            raise PlatformUnavailable(message, user_message=message) from exc
 
     async def logged_in(self, client: discord.Client) -> None:
         """After login, before the gateway connects: nothing of this run is in the inbox yet,
@@ -310,8 +351,8 @@ class DiscordAdapter:
         assert client.user is not None  # set at READY, before any message is dispatched
         try:
             event = to_event(message, client.user)
-        except Exception:
-            log.exception("discord: could not read message %s; skipped", message.id)
+        except Exception as exc:
+            await self._intake.quarantine(f"message {message.id}", {"id": message.id}, exc)
             return
         if event is not None:
             await self._intake.take(event)
@@ -321,8 +362,14 @@ class DiscordAdapter:
             raise DeliveryError("the Discord client is not running")
         return self.client
 
-    async def deliver(self, event: InboundEvent, reply: AsyncIterator[ReplyPart]) -> None:
-        await stream_by_editing(reply, self._chat(self._client(), event), self._pacer(event))
+    async def deliver(self, event: InboundEvent, reply: Reply) -> None:
+        chat = self._chat(self._client(), event)
+        await chat.remove(reply.leftovers)
+
+        async def sent(message: discord.Message) -> None:
+            await reply.sent(str(message.id))
+
+        await stream_by_editing(reply, chat, self._pacer(event), sent)
 
     async def deliver_voice(self, event: InboundEvent,
                             clip: Awaitable[SpokenClip | None]) -> None:

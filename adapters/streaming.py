@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
@@ -152,9 +152,11 @@ class EditableChat(Protocol[Handle]):
     """A chat where a sent message can be edited in place."""
 
     limit: int
-    # Whether a message's final form differs from its progress form for the same text (it is
-    # rendered with formatting): then every message gets a final edit, changed or not.
-    reformats_final: bool
+
+    def final_differs(self, shown: str, final: str) -> bool:
+        """Whether a message showing `shown` as progress must be edited to show `final`
+        (the text changed, or its final form is rendered with formatting the progress lacks)."""
+        ...
 
     async def send(self, text: str, final: bool) -> Handle: ...
 
@@ -176,9 +178,18 @@ def final_text(text: str, failure: str | None) -> str:
     return f"{text.rstrip()}\n\n{failure}" if text.strip() else failure
 
 
-async def stream_by_editing(parts: AsyncIterator[ReplyPart], chat: EditableChat[Handle],
-                            pacer: Pacer) -> list[Handle]:
-    """Show the reply by sending it and editing it as it grows; returns the messages sent."""
+async def _nothing(handle: object) -> None:
+    return None
+
+
+async def stream_by_editing(parts: AsyncIterable[ReplyPart], chat: EditableChat[Handle],
+                            pacer: Pacer,
+                            sent: Callable[[Handle], Awaitable[None]] = _nothing) -> list[Handle]:
+    """Show the reply by sending it and editing it as it grows; returns the messages sent.
+
+    `sent` is told of each message as soon as it exists, except a last one sent at the very
+    end (its turn is recorded right after).
+    """
     shown: list[_Shown[Handle]] = []
     text, failure = "", None
 
@@ -190,6 +201,7 @@ async def stream_by_editing(parts: AsyncIterator[ReplyPart], chat: EditableChat[
             if index == len(shown):
                 handle = await chat.send(piece, False)
                 shown.append(_Shown(handle, piece))
+                await sent(handle)
                 return
             if shown[index].text != piece:
                 await chat.edit(shown[index].handle, piece, False)
@@ -205,16 +217,19 @@ async def stream_by_editing(parts: AsyncIterator[ReplyPart], chat: EditableChat[
                     await try_now(pacer, progress)
             elif isinstance(part, ReplyFailed):
                 failure = part.message
-    for index, piece in enumerate(split_message(final_text(text, failure), chat.limit)):
+    pieces = split_message(final_text(text, failure), chat.limit)
+    for index, piece in enumerate(pieces):
         if index < len(shown):
             message = shown[index]
-            if message.text == piece and not chat.reformats_final:
+            if not chat.final_differs(message.text, piece):
                 continue  # an edit that changes nothing would still spend the rate budget
             await deliver_surely(pacer, partial(chat.edit, message.handle, piece, True))
             message.text = piece
         else:
             handle = await deliver_surely(pacer, partial(chat.send, piece, True))
             shown.append(_Shown(handle, piece))
+            if index < len(pieces) - 1:
+                await sent(handle)
     return [message.handle for message in shown]
 
 
@@ -230,11 +245,13 @@ class PreviewChat(Protocol[Sent_co]):
     async def typing(self) -> None: ...
 
 
-async def stream_by_preview(parts: AsyncIterator[ReplyPart], chat: PreviewChat[Handle],
-                            pacer: Pacer) -> list[Handle]:
+async def stream_by_preview(parts: AsyncIterable[ReplyPart], chat: PreviewChat[Handle],
+                            pacer: Pacer,
+                            sent: Callable[[Handle], Awaitable[None]] = _nothing) -> list[Handle]:
     """Show the reply in a preview as it grows; each piece that fills up, and the rest at the
-    end, is sent as a real message. Returns the messages sent."""
-    sent: list[Handle] = []
+    end, is sent as a real message. Returns the messages sent; `sent` is told of each but the
+    very last, as in `stream_by_editing`."""
+    messages: list[Handle] = []
     text, failure, previewed = "", None, ""
 
     async with typing_while(chat.typing) as stop_typing:
@@ -244,15 +261,18 @@ async def stream_by_preview(parts: AsyncIterator[ReplyPart], chat: PreviewChat[H
                 continue
             text += part.text
             pieces = split_message(text, chat.limit)
-            while len(pieces) - 1 > len(sent):  # a piece is full: it becomes a real message
-                piece = pieces[len(sent)]
-                sent.append(await deliver_surely(pacer, partial(chat.send, piece, True)))
+            while len(pieces) - 1 > len(messages):  # a full piece becomes a real message
+                piece = pieces[len(messages)]
+                messages.append(await deliver_surely(pacer, partial(chat.send, piece, True)))
+                await sent(messages[-1])
             current = pieces[-1]
             if current.strip() and current != previewed:
                 stop_typing()
                 if await try_now(pacer, partial(chat.preview, current)):
                     previewed = current
-    remaining = split_message(final_text(text, failure), chat.limit)[len(sent):]
-    for piece in remaining:
-        sent.append(await deliver_surely(pacer, partial(chat.send, piece, True)))
-    return sent
+    remaining = split_message(final_text(text, failure), chat.limit)[len(messages):]
+    for index, piece in enumerate(remaining):
+        messages.append(await deliver_surely(pacer, partial(chat.send, piece, True)))
+        if index < len(remaining) - 1:
+            await sent(messages[-1])
+    return messages

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+import warnings
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
@@ -22,6 +24,7 @@ from telegram import Bot, BotCommand, Message, MessageEntity, Update, User
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
+from telegram.warnings import PTBUserWarning
 
 from adapters.chunking import without_gaps
 from adapters.intake import Intake, bot_token
@@ -43,7 +46,7 @@ from bot.errors import (
     PlatformUnavailable,
     RateLimited,
 )
-from bot.events import ChatKind, InboundEvent, ReplyPart, VoiceAttachment
+from bot.events import ChatKind, InboundEvent, Reply, VoiceAttachment, clean_text
 from bot.gateway import Gateway
 
 if TYPE_CHECKING:
@@ -69,17 +72,17 @@ def to_event(update: Update, me: User, fetch_file: FetchFile) -> InboundEvent | 
         kind = ChatKind.GROUP
     else:
         return None
-    text = message.text or message.caption or ""
+    text = clean_text(message.text or message.caption or "")
     mentioned, text = _strip_mention(message, text, me)
     replied = message.reply_to_message
     sender = message.from_user
     return InboundEvent(
         platform=PLATFORM,
-        chat_id=str(message.chat.id),
+        chat_id=str(_number(message.chat.id, "chat id")),
         chat_kind=kind,
-        sender_id=str(sender.id),
+        sender_id=str(_number(sender.id, "sender id")),
         sender_name=sender.full_name,
-        message_id=str(message.message_id),
+        message_id=str(_number(message.message_id, "message id")),
         text=text,
         account=me.username,
         bot_names=tuple(name for name in (me.username, me.first_name) if name),
@@ -89,6 +92,13 @@ def to_event(update: Update, me: User, fetch_file: FetchFile) -> InboundEvent | 
         voice=_voice(message, fetch_file),
         received_at=message.date,
     )
+
+
+def _number(value: object, what: str) -> int:
+    """Telegram's ids are integers; anything else is a malformed update, refused here."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"the {what} is not a number")
 
 
 def _strip_mention(message: Message, text: str, me: User) -> tuple[bool, str]:
@@ -119,6 +129,24 @@ def _voice(message: Message, fetch_file: FetchFile) -> VoiceAttachment | None:
     seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
     return VoiceAttachment(mime_type=media.mime_type or "audio/ogg", duration=seconds,
                            ref=media.file_id, fetch=partial(fetch_file, media.file_id))
+
+
+class _Unreadable:
+    """An update the library could not parse, kept raw for the quarantine."""
+
+    def __init__(self, payload: object, problem: Exception) -> None:
+        self.payload = payload
+        self.problem = problem
+
+
+def _update_id(payload: object, batch: list[tuple[int, Update | _Unreadable]],
+               offset: int | None) -> int:
+    """An update's id; for one too broken to say, the id after the one before it, so that
+    acknowledging it still moves past it."""
+    value = payload.get("update_id") if isinstance(payload, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return batch[-1][0] + 1 if batch else (offset or 0)
 
 
 async def _translated(call: Awaitable[T]) -> T:
@@ -162,7 +190,6 @@ class TelegramChat:
     place in groups (threaded as a reply to the message that asked)."""
 
     limit = TEXT_LIMIT
-    reformats_final = True  # the final version is sent as HTML
 
     def __init__(self, bot: Bot, chat_id: int, reply_to: int | None) -> None:
         self.bot = bot
@@ -170,6 +197,11 @@ class TelegramChat:
         self.reply_to = reply_to
         # Each reply gets its own draft; a non-zero id is required.
         self.draft_id = secrets.randbelow(2**31 - 1) + 1
+
+    def final_differs(self, shown: str, final: str) -> bool:
+        # Progress goes out as plain text and the final text as HTML: a final edit is needed
+        # when the text changed, or when its HTML shows more than the plain text did.
+        return shown != final or to_telegram_html(final) != html.escape(final, quote=False)
 
     async def send(self, text: str, final: bool) -> int:
         async def attempt(body: str, parse_mode: str | None) -> int:
@@ -194,26 +226,51 @@ class TelegramChat:
     async def typing(self) -> None:
         await _translated(self.bot.send_chat_action(self.chat_id, ChatAction.TYPING))
 
+    async def remove(self, handles: tuple[str, ...]) -> None:
+        """Delete what an interrupted earlier attempt at this reply left in the chat."""
+        for handle in handles:
+            try:
+                await _translated(self.bot.delete_message(self.chat_id, int(handle)))
+            except DeliveryError as exc:  # already gone, or too old to delete
+                log.info("telegram: could not remove message %s in chat %s: %s", handle,
+                         self.chat_id, exc)
+
 
 class TelegramAdapter:
     platform = PLATFORM
 
-    def __init__(self, channel: TelegramChannel, gateway: Gateway) -> None:
+    def __init__(self, channel: TelegramChannel, gateway: Gateway, *,
+                 stop_seconds: float = 10.0) -> None:
         self.channel = channel
         self.gateway = gateway
+        self.stop_seconds = stop_seconds
         self.ready = asyncio.Event()
         self._intake = Intake(PLATFORM, gateway, self.deliver, self.deliver_voice)
         self._pacers = ChatPacers()
         self._bot: Bot | None = None
         # The next update wanted; asking for it acknowledges everything before it.
         self._offset: int | None = None
+        self._stopping = False
+        self._fetching: asyncio.Task[object] | None = None
+
+    @property
+    def last_seen(self) -> str | None:
+        """The last message (or quarantined payload) taken in; all before it were too."""
+        return self._intake.last_seen
 
     async def idle(self) -> None:
         """Wait until every message taken in so far has been answered."""
         await self._intake.idle()
 
+    async def stop(self) -> None:
+        """Stop taking updates; serve() then lets replies under way finish and returns."""
+        self._stopping = True
+        if self._fetching is not None:
+            self._fetching.cancel()
+
     async def serve(self) -> None:
         poll_timeout = self.channel.poll_timeout
+        self._stopping = False
         bot = Bot(
             bot_token(PLATFORM, self.channel.token, "TELEGRAM_BOT_TOKEN"),
             base_url=self.channel.api_base_url,
@@ -229,13 +286,18 @@ class TelegramAdapter:
             raise AdapterStartError("Telegram rejected the bot token; check "
                                     "channels.telegram.token or TELEGRAM_BOT_TOKEN.") from exc
         self._bot = bot
+        stopped = False
         try:
             await self._prepare(bot)
             self.ready.set()
             log.info("telegram: polling as @%s", bot.username)
             await self._poll(bot, poll_timeout)
+            stopped = True
         finally:
-            await self._intake.close()
+            if stopped:
+                await self._intake.drain(self.stop_seconds)
+            else:
+                await self._intake.close()
             if self._offset is not None:
                 # Acknowledge what was stored, so a restart is not sent it again; anything
                 # unanswered is resumed from the inbox.
@@ -250,11 +312,16 @@ class TelegramAdapter:
         await self._intake.resume(lambda _event, file_id: self._fetch_file(file_id))
 
     async def _poll(self, bot: Bot, poll_timeout: int) -> None:
+        """Fetch, store and acknowledge updates until stop() is called."""
         failures = 0
-        while True:
+        while not self._stopping:
+            self._fetching = asyncio.ensure_future(self._fetch(bot, poll_timeout))
             try:
-                updates = await bot.get_updates(offset=self._offset, timeout=poll_timeout,
-                                                allowed_updates=["message"])
+                batch = await self._fetching
+            except asyncio.CancelledError:
+                if self._stopping:  # stop() cut the long poll short; nothing was taken
+                    return
+                raise
             except RetryAfter as exc:
                 wait = exc.retry_after
                 await asyncio.sleep(wait.total_seconds() if isinstance(wait, timedelta)
@@ -269,16 +336,48 @@ class TelegramAdapter:
                 log.warning("telegram: polling failed (%s); retrying in %.0f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 continue
+            finally:
+                self._fetching = None
             failures = 0
-            for update in updates:
-                await self._receive(bot, update)
-                self._offset = update.update_id + 1
+            for update_id, update in batch:
+                await self._receive(bot, update_id, update)
+                self._offset = update_id + 1
 
-    async def _receive(self, bot: Bot, update: Update) -> None:
+    async def _fetch(self, bot: Bot, poll_timeout: int) -> list[tuple[int, Update | _Unreadable]]:
+        """The next batch of updates. When the library cannot parse the batch (an update from
+        a newer Bot API, a malformed payload), it is fetched again raw and read update by
+        update, so one bad update is set aside instead of stopping every later one."""
+        try:
+            updates = await bot.get_updates(offset=self._offset, timeout=poll_timeout,
+                                            allowed_updates=["message"])
+            return [(update.update_id, update) for update in updates]
+        except TelegramError:
+            raise
+        except Exception as exc:
+            log.warning("telegram: the library could not read a batch of updates (%s); "
+                        "reading them one by one", type(exc).__name__)
+        with warnings.catch_warnings():
+            # The raw call is the library's documented way to get the unparsed payload.
+            warnings.simplefilter("ignore", PTBUserWarning)
+            raw = await bot.do_api_request("getUpdates", api_kwargs={
+                "offset": self._offset, "timeout": 0, "allowed_updates": ["message"]})
+        batch: list[tuple[int, Update | _Unreadable]] = []
+        for payload in raw if isinstance(raw, list) else []:
+            update_id = _update_id(payload, batch, self._offset)
+            try:
+                batch.append((update_id, Update.de_json(payload, bot)))
+            except Exception as exc:
+                batch.append((update_id, _Unreadable(payload, exc)))
+        return batch
+
+    async def _receive(self, bot: Bot, update_id: int, update: Update | _Unreadable) -> None:
+        if isinstance(update, _Unreadable):
+            await self._intake.quarantine(f"update {update_id}", update.payload, update.problem)
+            return
         try:
             event = to_event(update, bot.bot, self._fetch_file)
-        except Exception:
-            log.exception("telegram: could not read update %s; skipped", update.update_id)
+        except Exception as exc:
+            await self._intake.quarantine(f"update {update_id}", update.to_dict(), exc)
             return
         if event is not None:
             await self._intake.take(event)
@@ -314,11 +413,16 @@ class TelegramAdapter:
 
         await deliver_voice_note(clip, self._pacer(event), recording, send)
 
-    async def deliver(self, event: InboundEvent, reply: AsyncIterator[ReplyPart]) -> None:
+    async def deliver(self, event: InboundEvent, reply: Reply) -> None:
         bot = self._client()
+        reply_to = None if event.chat_kind is ChatKind.DM else int(event.message_id)
+        chat = TelegramChat(bot, int(event.chat_id), reply_to)
+        await chat.remove(reply.leftovers)
+
+        async def sent(message_id: int) -> None:
+            await reply.sent(str(message_id))
+
         if event.chat_kind is ChatKind.DM:
-            chat = TelegramChat(bot, int(event.chat_id), reply_to=None)
-            await stream_by_preview(reply, chat, self._pacer(event))
+            await stream_by_preview(reply, chat, self._pacer(event), sent)
         else:
-            chat = TelegramChat(bot, int(event.chat_id), reply_to=int(event.message_id))
-            await stream_by_editing(reply, chat, self._pacer(event))
+            await stream_by_editing(reply, chat, self._pacer(event), sent)

@@ -16,6 +16,7 @@ from bot.config import (
     BindingSpec,
     Config,
     default_config_path,
+    grants_admin,
     load_config,
     masked_dict,
 )
@@ -85,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
 
     pair = commands.add_parser("pair", help="print a one-hour code that makes a DM the owner's")
     pair.set_defaults(handler=_pair)
+
+    forget = commands.add_parser("forget", help="delete everything stored about one chat")
+    forget.set_defaults(handler=_forget)
+    forget.add_argument("--chat", required=True, metavar="ID",
+                        help="the chat's id (a Telegram DM's is the user's id; the terminal "
+                             "chat's is 'owner')")
+    forget.add_argument("--platform", help="only this platform's chat (default: every platform)")
 
     transcribe = commands.add_parser("transcribe",
                                      help="print what a voice note or audio file says")
@@ -245,7 +253,7 @@ async def _bind(config: Config, args: argparse.Namespace) -> int:
     spec = BindingSpec(persona=args.persona, platform=args.platform, chat_kind=args.chat_kind,
                        peer=args.peer, group=args.group, account=args.account, note=args.note)
     role = config.agents.instances[args.persona].role
-    if role == "admin" and (spec.chat_kind != "dm" or spec.peer is None):
+    if role == "admin" and not grants_admin(spec):
         print("hearthbot: an admin persona is only ever granted in a DM with a known person; "
               "give --chat-kind dm and --peer ID", file=sys.stderr)
         return EXIT_USAGE
@@ -264,6 +272,23 @@ async def _pair(config: Config, args: argparse.Namespace) -> int:
     minutes = int(CODE_LIFETIME.total_seconds() // 60)
     print(f"Pairing code: {display(code)} (valid for {minutes} minutes)")
     print(f"Send  /pair {code}  to the bot in a direct message to make that chat yours.")
+    return EXIT_OK
+
+
+async def _forget(config: Config, args: argparse.Namespace) -> int:
+    chat_id: str = args.chat
+    platform: str | None = args.platform
+    from bot.service import open_store
+    from bot.store.retention import forget_chat
+
+    async with open_store(config) as store:
+        removed = await forget_chat(store, chat_id, platform)
+    where = f"chat {chat_id}" + (f" on {platform}" if platform else "")
+    if not removed.total:
+        print(f"nothing was stored for {where}")
+    else:
+        print(f"forgot {where}: removed {removed.describe()}")
+    log.info("forgot a chat on request: removed %s", removed.describe())
     return EXIT_OK
 
 

@@ -76,6 +76,9 @@ class GatewaySpec:
     bind: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     providers: dict[str, ProviderSpec] = field(default_factory=_default_providers)
+    # On SIGTERM/SIGINT, replies under way get this long to finish before the service exits;
+    # what is cut off then is answered at the next start.
+    stop_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,30 @@ class AgentDefaults:
     model_registry: dict[str, RegistryEntry] = field(default_factory=dict)
 
 
+# The six tools, by their exact names. The policy refers to them; persona/policy.py turns a
+# persona's ToolPolicy into the set it may call, and bot/tools implements exactly these.
+TOOL_NAMES: tuple[str, ...] = (
+    "file_read",
+    "knowledge_lookup",
+    "code_interpreter_sandbox",
+    "shell_exec",
+    "system_process",
+    "external_fetch",
+)
+
+
 @dataclass(frozen=True)
 class ToolPolicy:
-    allow: tuple[str, ...] = ()
+    """Which tools a persona may call. Deny always wins; a tool is callable only when named.
+
+    `allow` left out (None) means the role's default set; `access: "full"` means all tools;
+    `ask` names tools that are allowed but need the owner's approval on every call.
+    """
+
+    allow: tuple[str, ...] | None = None
     deny: tuple[str, ...] = ()
+    ask: tuple[str, ...] = ()
+    access: Literal["full"] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,26 +140,13 @@ class AgentInstance:
 
 
 def _default_instances() -> dict[str, AgentInstance]:
+    # No `allow` list: each role gets its default tools (persona/policy.py). The guest's deny
+    # list is spelled out so that reading the defaults shows what a stranger can never reach.
     return {
-        "admin": AgentInstance(
-            role="admin",
-            tools=ToolPolicy(
-                allow=(
-                    "file_read",
-                    "knowledge_lookup",
-                    "code_interpreter_sandbox",
-                    "shell_exec",
-                    "system_process",
-                    "external_fetch",
-                )
-            ),
-        ),
+        "admin": AgentInstance(role="admin"),
         "guest": AgentInstance(
             role="guest",
-            tools=ToolPolicy(
-                allow=("file_read", "knowledge_lookup", "code_interpreter_sandbox"),
-                deny=("shell_exec", "system_process", "external_fetch"),
-            ),
+            tools=ToolPolicy(deny=("shell_exec", "system_process", "external_fetch")),
         ),
     }
 
@@ -235,12 +245,22 @@ class VoiceSpec:
     queue_size: int = 16
     # Longer notes are refused before they are downloaded: one transcriber serves everyone.
     max_seconds: float = 300.0
+    # Group voice notes that neither mention nor reply to the bot are transcribed only to
+    # hear whether they name it: at most this many an hour, so a busy server cannot keep the
+    # transcriber (and the disk) busy with talk that is not for the bot. 0 turns it off.
+    unaddressed_per_hour: int = 30
+
+
+DEFAULT_HISTORY_DAYS = 90
 
 
 @dataclass(frozen=True)
 class StoreSpec:
     # A SQLAlchemy async URL; None means a SQLite file in the data directory.
     url: str | None = None
+    # Conversations (messages, summaries, turn records, stored inbound messages) older than
+    # this many days are deleted; None or 0 keeps them forever.
+    history_days: int | None = DEFAULT_HISTORY_DAYS
 
 
 @dataclass(frozen=True)
@@ -283,13 +303,24 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret the service will use, so logs can redact them: those in the config and
-        the platform tokens read from the environment."""
-        found: list[str] = []
-        _plain(self, found)
+        the platform tokens read from the environment.
+
+        Each secret is listed as written and as used: the adapters strip stray whitespace
+        (a token pasted with a newline, or read from the environment), so a log line carries
+        the stripped value, never the one in the file. The log formatter adds the encoded
+        forms a URL would carry.
+        """
+        written: list[str] = []
+        _plain(self, written)
         for channel, variable in ((self.channels.telegram, "TELEGRAM_BOT_TOKEN"),
                                   (self.channels.discord, "DISCORD_BOT_TOKEN")):
-            if channel is not None and not channel.token and os.environ.get(variable, "").strip():
-                found.append(os.environ[variable].strip())
+            if channel is not None and not channel.token:
+                written.append(os.environ.get(variable, ""))
+        found: list[str] = []
+        for value in written:
+            for form in (value, value.strip()):
+                if form.strip() and form not in found:
+                    found.append(form)
         return found
 
 
@@ -334,6 +365,9 @@ def parse_config(raw: object) -> Config:
 
 
 def _check_references(config: Config) -> Config:
+    if config.store.history_days is not None and config.store.history_days < 0:
+        raise ConfigError("store.history_days",
+                          "expected a number of days, 0 or more (null or 0: keep forever)")
     for name, provider in config.gateway.providers.items():
         where = f"gateway.providers.{name}"
         if provider.type != "embedded" and not provider.base_url:
@@ -357,6 +391,8 @@ def _check_references(config: Config) -> Config:
     for name, instance in config.agents.instances.items():
         if instance.model is not None:
             check(instance.model, f"agents.instances.{name}.model")
+    for name, instance in config.agents.instances.items():
+        _check_tool_policy(instance.tools, f"agents.instances.{name}.tools")
     guest = config.agents.instances.get("guest")
     if guest is None or guest.role != "guest":
         raise ConfigError("agents.instances.guest",
@@ -369,7 +405,36 @@ def _check_references(config: Config) -> Config:
                 f"{binding.persona!r} is not an instance "
                 f"(expected one of: {', '.join(sorted(config.agents.instances))})",
             )
+        if config.agents.instances[binding.persona].role == "admin" and not grants_admin(binding):
+            # The router would refuse it at run time anyway; a config that cannot mean what it
+            # says is refused up front.
+            raise ConfigError(
+                f"agents.bindings[{index}]",
+                f"persona {binding.persona!r} has the admin role, which is only granted in a DM "
+                'with one named person: set chat_kind "dm" and the peer\'s id (not "*")',
+            )
     return config
+
+
+def _check_tool_policy(policy: ToolPolicy, where: str) -> None:
+    """Every tool name must be one of the six, exactly: a typo must not silently allow or
+    fail to deny something."""
+    for key in ("allow", "deny", "ask"):
+        names: tuple[str, ...] = getattr(policy, key) or ()
+        for index, name in enumerate(names):
+            if name not in TOOL_NAMES:
+                raise ConfigError(f"{where}.{key}[{index}]",
+                                  f"{name!r} is not a tool (expected one of: "
+                                  f"{', '.join(TOOL_NAMES)})")
+    if policy.access == "full" and policy.allow is not None:
+        raise ConfigError(f"{where}.access",
+                          "give either access \"full\" or an allow list, not both")
+
+
+def grants_admin(binding: BindingSpec) -> bool:
+    """Whether a binding is narrow enough to carry the admin role: one DM with a named peer."""
+    peer = (binding.peer or "").strip()
+    return binding.chat_kind == "dm" and peer not in ("", "*")
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -119,6 +119,46 @@ class AudioQueueClosed(VoiceError):
     """Audio work was submitted after the queue was closed (the service is stopping)."""
 
 
+# --- tools ----------------------------------------------------------------------------------
+
+class ToolError(HearthbotError):
+    """A tool call that did not produce a result.
+
+    `str(error)` is the sentence the *model* reads as the tool's result, so it says plainly what
+    happened and, where it can, what to do instead. It never holds a stack trace or a secret.
+    """
+
+    user_message = "A tool I tried to use did not work."
+
+    def __init__(self, message: str, *, user_message: str | None = None) -> None:
+        super().__init__(message, user_message=user_message)
+
+
+class ToolRefused(ToolError):
+    """The policy, the gate or a confinement rule refused the call; nothing was run."""
+
+    user_message = "I'm not allowed to do that here."
+
+
+class ToolFailed(ToolError):
+    """The call was allowed and ran, or tried to, and failed (bad arguments, missing file...)."""
+
+
+class SandboxUnavailable(ToolRefused):
+    """No kernel confinement is available on this machine, so code is not run at all."""
+
+    user_message = ("Running code isn't available on this machine, because it cannot be "
+                    "safely confined here.")
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            "Code cannot be run here: this machine offers no way to confine it "
+            f"({detail}). Answer without running code.",
+            user_message=self.user_message,
+        )
+        self.detail = detail
+
+
 # --- chat platforms -------------------------------------------------------------------------
 
 class DeliveryError(HearthbotError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -16,11 +16,24 @@ class MessageStatus(StrEnum):
     FAILED = "failed"  # answered with a plain sentence about what went wrong
     IGNORED = "ignored"  # not addressed to the bot (a group message without a mention)
     DUPLICATE = "duplicate"  # seen before; never stored twice, never answered twice
+    REJECTED = "rejected"  # a payload that could not be read; quarantined, never answered
 
 
 class ChatKind(StrEnum):
     DM = "dm"
     GROUP = "group"
+
+
+def clean_text(value: object) -> str:
+    """Text as the core wants it: a string (a number sent as text becomes its digits), with
+    lone UTF-16 surrogates, which no encoder accepts, replaced by U+FFFD."""
+    text = value if isinstance(value, str) else ("" if value is None else str(value))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Paired surrogates become the character they encode; lone ones become U+FFFD.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 async def _not_fetchable() -> bytes:
@@ -63,6 +76,22 @@ class InboundEvent:
     bot_names: tuple[str, ...] = ()
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    def __post_init__(self) -> None:
+        # The one gate every platform's payload passes: whatever a platform or a newer API
+        # sends, the core only ever sees well-formed text and ids, so a malformed message is
+        # refused here, at the edge, instead of failing later in a turn or a stored row.
+        for name in ("platform", "chat_id", "sender_id", "message_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, not {type(value).__name__}")
+        if not isinstance(self.chat_kind, ChatKind):
+            raise ValueError(f"unknown chat kind {self.chat_kind!r}")
+        if not isinstance(self.received_at, datetime):
+            raise ValueError("received_at must be a datetime")
+        object.__setattr__(self, "text", clean_text(self.text))
+        object.__setattr__(self, "sender_name", clean_text(self.sender_name))
+        object.__setattr__(self, "bot_names", tuple(clean_text(n) for n in self.bot_names))
+
     @property
     def addressed(self) -> bool:
         """Whether the bot should answer: always in a DM, in a group only when addressed."""
@@ -84,3 +113,29 @@ class ReplyFailed:
 
 
 ReplyPart = ReplyText | ReplyFailed
+
+
+async def _not_recorded(handle: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What an adapter is handed to deliver.
+
+    Iterate it for the parts as they stream. `leftovers` are messages an earlier, interrupted
+    attempt at this same reply left in the chat: the adapter removes them before it sends
+    anything, so a restart never leaves a truncated reply beside the full one. The adapter
+    calls `sent` with each message's platform id as soon as that message exists (the last one
+    excepted: the turn's record follows it at once).
+    """
+
+    parts: AsyncIterator[ReplyPart]
+    leftovers: tuple[str, ...] = ()
+    sent: Callable[[str], Awaitable[None]] = _not_recorded
+
+    def __aiter__(self) -> Reply:
+        return self
+
+    def __anext__(self) -> Awaitable[ReplyPart]:
+        return self.parts.__anext__()

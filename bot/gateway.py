@@ -8,14 +8,18 @@ platform; the model turn itself lives in bot/turn.py.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from bot import commands
-from bot.errors import VoiceError
-from bot.events import InboundEvent, MessageStatus, ReplyPart, ReplyText
+from bot.errors import HearthbotError, VoiceError
+from bot.events import InboundEvent, MessageStatus, Reply, ReplyPart, ReplyText
 from bot.model_host import ModelHost
 from bot.router import Resolution, resolve
 from bot.store import Store, inbox
@@ -45,6 +49,19 @@ class Gateway:
         self.speech = speech
         self._roles = {name: p.role for name, p in personas.items()}
         self._admin_persona = next((n for n, p in personas.items() if p.role == "admin"), None)
+        self._records: set[asyncio.Future[None]] = set()
+        self._unaddressed_voice = _HourlyBudget(speech.spec.unaddressed_per_hour if speech
+                                                else 0)
+
+    def wants(self, event: InboundEvent) -> bool:
+        """Whether an event is worth keeping at all. A group message not addressed to the bot
+        is dropped unstored; a group voice note only when it might still name the bot and the
+        hourly budget for hearing such notes allows."""
+        if event.addressed:
+            return True
+        if event.voice is None or self.speech is None:
+            return False
+        return self._unaddressed_voice.take()
 
     async def accept(self, event: InboundEvent) -> int | None:
         """Store an event before it is acknowledged; None when it was seen before."""
@@ -62,7 +79,7 @@ class Gateway:
             return TurnResult(MessageStatus.DUPLICATE)
         return await self.answer(inbox_id, event, deliver, deliver_voice)
 
-    async def pending(self, platform: str) -> list[tuple[int, InboundEvent]]:
+    async def pending(self, platform: str) -> list[inbox.Pending]:
         """Events stored but never answered, oldest first.
 
         Adapters ask before they start receiving: then this is exactly what the last run left
@@ -81,11 +98,43 @@ class Gateway:
         await start_new_session(self.store, event.platform, event.chat_id, persona)
 
     async def answer(self, inbox_id: int, event: InboundEvent, deliver: Deliver,
-                     deliver_voice: DeliverVoice | None = None) -> TurnResult:
+                     deliver_voice: DeliverVoice | None = None,
+                     leftovers: tuple[str, ...] = ()) -> TurnResult:
+        """Answer a stored event. `leftovers` are messages an interrupted earlier attempt at
+        this reply left in the chat; the adapter removes them first."""
+        reply = _ReplyOutlet(self, inbox_id, event, deliver, leftovers)
+        try:
+            return await self._answer(inbox_id, event, reply, deliver_voice)
+        except Exception as exc:
+            # A bug, not a failure any layer below foresaw: the person still gets a sentence,
+            # the row is closed with the reason, and the chat's later messages go on.
+            log.exception("answering %s message %s in chat %s failed", event.platform,
+                          event.message_id, event.chat_id)
+            await self._shielded(inbox.mark(self.store, inbox_id, MessageStatus.FAILED,
+                                            error=f"unexpected error: {exc!r}"))
+            with contextlib.suppress(Exception):
+                await reply.deliver(_single(HearthbotError.user_message), record=False)
+            return TurnResult(MessageStatus.FAILED)
+
+    async def settle(self) -> None:
+        """Wait for turn records still being written (a stop must not cut one in half)."""
+        while self._records:
+            await asyncio.gather(*list(self._records), return_exceptions=True)
+
+    async def _shielded(self, write: Awaitable[None]) -> None:
+        """Run a record write to its end even when the turn is cancelled meanwhile: once a
+        reply is delivered, its record must land, or a restart would answer it again."""
+        task = asyncio.ensure_future(write)
+        self._records.add(task)
+        task.add_done_callback(self._records.discard)
+        await asyncio.shield(task)
+
+    async def _answer(self, inbox_id: int, event: InboundEvent, reply: _ReplyOutlet,
+                      deliver_voice: DeliverVoice | None) -> TurnResult:
         if event.voice is not None and not event.transcribed:
             event, problem = await self._transcribed(event)
             if problem is not None:
-                return await self._finish(inbox_id, event, deliver, problem,
+                return await self._finish(inbox_id, event, reply, problem,
                                           MessageStatus.FAILED)
         if not event.addressed:
             await inbox.mark(self.store, inbox_id, MessageStatus.IGNORED)
@@ -94,27 +143,27 @@ class Gateway:
         command = commands.parse(event.text)
         if command is not None:
             name, argument = command
-            reply = await commands.run(name, commands.CommandCall(
+            text = await commands.run(name, commands.CommandCall(
                 event, argument, persona, self.store, self._admin_persona))
-            return await self._finish(inbox_id, event, deliver, reply, MessageStatus.ANSWERED)
+            return await self._finish(inbox_id, event, reply, text, MessageStatus.ANSWERED)
         if not (event.text.strip() or event.voice):  # a bare mention, a sticker, a photo
-            reply = GREETING if event.mentioned else UNSUPPORTED
-            return await self._finish(inbox_id, event, deliver, reply, MessageStatus.ANSWERED)
+            text = GREETING if event.mentioned else UNSUPPORTED
+            return await self._finish(inbox_id, event, reply, text, MessageStatus.ANSWERED)
         speaker = (self.speech.speaker() if self.speech and deliver_voice
                    and _speaks(persona, event) else None)
         turn = Turn(self.store, self.models.target(persona.model), persona, inbox_id, event,
-                    speaker)
-        return await turn.run(deliver, deliver_voice)
+                    speaker, self._shielded)
+        return await turn.run(reply.deliver, deliver_voice)
 
-    async def _finish(self, inbox_id: int, event: InboundEvent, deliver: Deliver, reply: str,
-                      status: MessageStatus) -> TurnResult:
+    async def _finish(self, inbox_id: int, event: InboundEvent, reply: _ReplyOutlet,
+                      text: str, status: MessageStatus) -> TurnResult:
         """Answer with one sentence (or, for an unaddressed group message, not at all)."""
         if not event.addressed:
             await inbox.mark(self.store, inbox_id, MessageStatus.IGNORED)
             return TurnResult(MessageStatus.IGNORED)
-        await deliver(event, _single(reply))
-        error = reply if status is MessageStatus.FAILED else None
-        await inbox.mark(self.store, inbox_id, status, error=error)
+        await reply.deliver(_single(text))
+        error = text if status is MessageStatus.FAILED else None
+        await self._shielded(inbox.mark(self.store, inbox_id, status, error=error))
         return TurnResult(status)
 
     async def _transcribed(self, event: InboundEvent) -> tuple[InboundEvent, str | None]:
@@ -160,3 +209,42 @@ def _speaks(persona: Persona, event: InboundEvent) -> bool:
 
 async def _single(text: str) -> AsyncIterator[ReplyPart]:
     yield ReplyText(text)
+
+
+class _HourlyBudget:
+    """At most `per_hour` takes in any hour; it remembers only the takes of the last hour."""
+
+    def __init__(self, per_hour: int) -> None:
+        self.per_hour = per_hour
+        self._taken: collections.deque[float] = collections.deque()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        while self._taken and now - self._taken[0] >= 3600:
+            self._taken.popleft()
+        if len(self._taken) >= self.per_hour:
+            return False
+        self._taken.append(now)
+        return True
+
+
+class _ReplyOutlet:
+    """Hands one answer's parts to the adapter as a Reply: with the leftovers of an earlier
+    attempt to remove, and each sent message remembered until the turn is recorded."""
+
+    def __init__(self, gateway: Gateway, inbox_id: int, event: InboundEvent, deliver: Deliver,
+                 leftovers: tuple[str, ...]) -> None:
+        self._gateway = gateway
+        self._inbox_id = inbox_id
+        self._event = event
+        self._deliver = deliver
+        self._leftovers = leftovers
+
+    async def deliver(self, parts: AsyncIterator[ReplyPart], record: bool = True) -> None:
+        reply = (Reply(parts, self._leftovers, self._sent) if record
+                 else Reply(parts, self._leftovers))
+        await self._deliver(self._event, reply)
+        self._leftovers = ()
+
+    async def _sent(self, handle: str) -> None:
+        await inbox.add_sent(self._gateway.store, self._inbox_id, handle)

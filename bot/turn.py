@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from bot import prompt_window
 from bot.errors import ProviderError
-from bot.events import InboundEvent, MessageStatus, ReplyFailed, ReplyPart, ReplyText
+from bot.events import InboundEvent, MessageStatus, Reply, ReplyFailed, ReplyPart, ReplyText
 from bot.model_host import ModelTarget
 from bot.providers import ChatMessage, StreamEnd, TextDelta
 from bot.store import Store
@@ -31,7 +31,11 @@ if TYPE_CHECKING:  # speech pulls in audio libraries; a text-only process never 
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[InboundEvent, AsyncIterator[ReplyPart]], Awaitable[None]]
+Deliver = Callable[[InboundEvent, Reply], Awaitable[None]]
+# How a turn hands its reply to the adapter (the gateway adds what the adapter needs besides).
+SendReply = Callable[[AsyncIterator[ReplyPart]], Awaitable[None]]
+# Runs a record write to its end even if the turn is cancelled meanwhile.
+Shield = Callable[[Awaitable[None]], Awaitable[None]]
 # Sends a voice note; it is handed the clip still being made, so the adapter can show that it is
 # recording while the last sentences are synthesized. The clip is None when nothing was speakable.
 DeliverVoice = Callable[[InboundEvent, Awaitable["SpokenClip | None"]], Awaitable[None]]
@@ -64,13 +68,14 @@ class TurnResult:
 
 class Turn:
     def __init__(self, store: Store, target: ModelTarget, persona: Persona, inbox_id: int,
-                 event: InboundEvent, speaker: Speaker | None) -> None:
+                 event: InboundEvent, speaker: Speaker | None, shield: Shield) -> None:
         self.store = store
         self.target = target
         self.persona = persona
         self.inbox_id = inbox_id
         self.event = event
         self.speaker = speaker
+        self.shield = shield
         self.started = time.perf_counter()
         self.pieces: list[str] = []
         self.first_token_at: datetime | None = None
@@ -78,7 +83,7 @@ class Turn:
         self.end: StreamEnd | None = None
         self.failure: str | None = None
 
-    async def run(self, deliver: Deliver, deliver_voice: DeliverVoice | None) -> TurnResult:
+    async def run(self, send: SendReply, deliver_voice: DeliverVoice | None) -> TurnResult:
         conversation = await open_conversation(self.store, self.event.platform,
                                                self.event.chat_id, self.persona.name)
         output_tokens = self.persona.params.max_tokens or self.target.model.max_tokens
@@ -87,12 +92,14 @@ class Turn:
             self.event.transcribed, self.target.model, output_tokens, conversation.summary)
         try:
             async with aclosing(self._reply(messages)) as stream:
-                await deliver(self.event, stream)
+                await send(stream)
         except Exception as exc:
             log.exception("delivering the reply to %s chat %s failed", self.event.platform,
                           self.event.chat_id)
             self.failure = self.failure or f"{DELIVERY_FAILED}: {exc!r}"
-        await self._record(conversation.session_id)
+        # The final message is out: from here to the record is the window in which a crash
+        # would answer this message again, so nothing else happens in between.
+        await self.shield(self._record(conversation.session_id))
         # Recorded before speaking: once the text is delivered the message is answered, and a
         # restart during synthesis must not answer it again.
         if self.speaker is not None and deliver_voice is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from bot.config import Config, GenerationParams, ToolPolicy
+from persona.policy import ToolAccess, tool_access
 
 ADMIN_PROMPT = (
     "You are hearthbot, the owner's private assistant, running on the owner's own machine. "
@@ -32,6 +33,11 @@ class Persona:
     tools: ToolPolicy
     workspace: Path
     voice_replies: Literal["off", "inbound", "always"] = "inbound"
+
+    @property
+    def tool_access(self) -> ToolAccess:
+        """The tools this persona may call, resolved from its role and `tools` config."""
+        return tool_access(self.role, self.tools)
 
 
 def build_personas(config: Config) -> dict[str, Persona]:

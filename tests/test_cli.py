@@ -8,7 +8,9 @@ import socket
 import sys
 from pathlib import Path
 
+from bot.service import open_store
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+from tests.support.helpers import converse, make_config
 
 
 async def hearthbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
@@ -87,10 +89,29 @@ async def test_bind_list_unbind(cli_env: dict[str, str]) -> None:
 
 
 async def test_bind_refuses_admin_for_groups_and_wildcards(cli_env: dict[str, str]) -> None:
-    for extra in (["--chat-kind", "group", "--peer", "1"], ["--chat-kind", "dm"]):
+    for extra in (["--chat-kind", "group", "--peer", "1"], ["--chat-kind", "dm"],
+                  ["--chat-kind", "dm", "--peer", "*"]):
         code, _, err = await hearthbot("bind", "--platform", "telegram", "--persona", "admin",
                                        *extra, env=cli_env)
         assert code == 2 and "only ever granted in a DM" in err
+
+
+async def test_forget_removes_one_chats_history(data_dir: Path, cli_env: dict[str, str]) -> None:
+    async with open_store(make_config(data_dir)) as store:
+        await converse(store, "telegram", "555", "my secret plan", "more of it")
+        await converse(store, "discord", "555", "the same id on discord")
+    code, out, err = await hearthbot("forget", "--chat", "555", "--platform", "telegram",
+                                     env=cli_env)
+    assert (code, out, err) == (0, "forgot chat 555 on telegram: removed 1 session, 4 messages, "
+                                   "2 turn records and 2 inbox entries\n", "")
+    stored = await asyncio.to_thread(
+        lambda: b"".join(path.read_bytes() for path in data_dir.glob("hearthbot.db*")))
+    assert b"secret plan" not in stored and b"more of it" not in stored
+    code, out, _ = await hearthbot("forget", "--chat", "555", env=cli_env)
+    assert (code, out) == (0, "forgot chat 555: removed 1 session, 2 messages, 1 turn record "
+                              "and 1 inbox entry\n")
+    code, out, _ = await hearthbot("forget", "--chat", "555", env=cli_env)
+    assert (code, out) == (0, "nothing was stored for chat 555\n")
 
 
 async def test_run_without_platforms_and_no_terminal_says_so(cli_env: dict[str, str]) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from bot.config import BUNDLED_MODEL_ID, load_config, masked_dict, parse_config
 from bot.errors import ConfigError
+from bot.logs import redact, setup_logging
 
 GOOD = {
     "gateway": {
@@ -40,6 +44,7 @@ def test_no_config_file_means_bundled_model_and_sqlite() -> None:
     assert model.id == BUNDLED_MODEL_ID and model.path is None
     assert config.store_url().startswith("sqlite+aiosqlite:///")
     assert set(config.agents.instances) == {"admin", "guest"}
+    assert config.store.history_days == 90
 
 
 def test_aliases_resolve_and_env_references_expand(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,6 +73,9 @@ def test_aliases_resolve_and_env_references_expand(monkeypatch: pytest.MonkeyPat
          "gateway.providers.ollama.models[0].id", "required key is missing"),
         (lambda c: c["channels"]["telegram"].update(enabled="yes"),
          "channels.telegram.enabled", "expected true or false"),
+        (lambda c: c.update(store={"history_days": -1}), "store.history_days", "0 or more"),
+        (lambda c: c.update(store={"history_days": 1.5}), "store.history_days",
+         "expected an integer"),
     ],
 )
 def test_errors_name_the_key_path(mutate: object, path: str, expected: str,
@@ -104,12 +112,75 @@ def test_secrets_are_masked_and_listed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.secrets() == ["123:secret-token"]
 
 
+@pytest.fixture
+def real_logging() -> Iterator[None]:
+    """Lets a test call setup_logging, then puts the process's logging back as it was."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    noisy = {name: logging.getLogger(name).level
+             for name in ("httpx", "httpcore", "aiosqlite", "alembic")}
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, noisy_level in noisy.items():
+        logging.getLogger(name).setLevel(noisy_level)
+
+
+TOKEN = "424242:AAF-secret_token"
+
+
+@pytest.mark.parametrize("source", ["file", "substitution", "environment"])
+def test_a_token_with_whitespace_around_it_reaches_no_log_line(
+        source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        real_logging: None) -> None:
+    padded = f" {TOKEN}\n"
+    if source == "file":
+        channel: dict[str, object] = {"token": padded}
+    elif source == "substitution":
+        monkeypatch.setenv("TEST_TG_TOKEN", padded)
+        channel = {"token": "${TEST_TG_TOKEN}"}
+    else:
+        monkeypatch.setenv("TELEGRAM_BOT_TOKEN", padded)
+        channel = {}
+    config = parse_config({"channels": {"telegram": channel}})
+    setup_logging("debug", config.secrets(), tmp_path / "logs", to_stderr=False)
+    encoded = quote(TOKEN, safe="")
+    assert encoded != TOKEN  # the ":" is escaped: the case HTTP clients produce
+    # What the adapter sends (the stripped token) as the HTTP client logs it, both ways.
+    logging.getLogger("httpx").debug("HTTP Request: POST https://api.telegram.org/bot%s/getMe",
+                                     TOKEN)
+    logging.getLogger("httpx").debug("HTTP Request: GET https://relay.example/?token=%s",
+                                     encoded)
+    logging.getLogger("hearthbot").debug("configured token %r", padded)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    written = (tmp_path / "logs" / "hearthbot.log").read_text()
+    assert written.count("[redacted]") == 3, written
+    for leaked in (TOKEN, encoded, "secret_token", "AAF-secret"):
+        assert leaked not in written
+
+
+def test_redaction_leaves_no_fragment_of_nested_or_overlapping_secrets() -> None:
+    inner, outer = "abc123def", "xx-abc123def-yy"
+    assert redact(f"a {outer} b {inner} c", [inner, outer]) == "a [redacted] b [redacted] c"
+    assert redact(f"a {outer} b", [outer, inner]) == "a [redacted] b"
+    # Two secrets sharing characters: neither one's tail survives the other's redaction.
+    assert redact("<abcdefghijkl>", ["abcdefgh", "efghijkl"]) == "<[redacted]>"
+    assert redact("aaaaaaa", ["aaaaaa"]) == "[redacted]"
+    assert redact("nothing here", ["abcdefgh"]) == "nothing here"
+
+
 @pytest.mark.parametrize(
     ("change", "path"),
     [
         ({"gateway": {"colour": "blue"}}, "gateway.colour"),
         ({"gateway": {"port": "eighty"}}, "gateway.port"),
         ({"agents": {"default": {"active_model": "local/missing"}}}, "agents.default.active_model"),
+        ({"agents": {"bindings": [{"persona": "admin", "platform": "telegram",
+                                   "chat_kind": "dm", "peer": "*"}]}}, "agents.bindings[0]"),
     ],
 )
 def test_cli_config_errors_are_one_line_and_exit_2(tmp_path: Path, change: dict[str, object],
@@ -125,6 +196,44 @@ def test_cli_config_errors_are_one_line_and_exit_2(tmp_path: Path, change: dict[
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr
         assert path in lines[0]
+
+
+ADMIN_WITHOUT_A_NAMED_PEER = [
+    {"persona": "admin", "platform": "telegram", "chat_kind": "dm"},
+    {"persona": "admin", "platform": "telegram", "chat_kind": "dm", "peer": "*"},
+    {"persona": "admin", "platform": "telegram", "chat_kind": "dm", "peer": "${EMPTY_ID}"},
+    {"persona": "admin", "platform": "telegram", "peer": "42"},
+    {"persona": "admin", "platform": "discord", "chat_kind": "group", "peer": "42"},
+    {"persona": "admin", "platform": "discord", "group": "9"},
+]
+
+
+@pytest.mark.parametrize("binding", ADMIN_WITHOUT_A_NAMED_PEER)
+def test_admin_binding_needs_a_dm_with_a_named_peer(binding: dict[str, str], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMPTY_ID", "")
+    guest = {"persona": "guest", "platform": "telegram"}  # a wildcard is fine for a guest
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"agents": {"bindings": [guest, binding]}}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file)
+    assert caught.value.path == "agents.bindings[1]"
+    assert "only granted in a DM with one named person" in str(caught.value)
+
+
+def test_config_check_refuses_a_wildcard_admin_in_one_sentence(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bot.cli import main
+
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"agents": {"bindings": [
+        {"persona": "admin", "platform": "telegram", "chat_kind": "dm", "peer": "*"}]}}))
+    assert main(["config", "check", str(config_file)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("hearthbot: config error at agents.bindings[0]: persona 'admin' has the admin "
+                   "role, which is only granted in a DM with one named person: set chat_kind "
+                   "\"dm\" and the peer's id (not \"*\")\n")
 
 
 def test_cli_config_check_prints_effective_config_masked(

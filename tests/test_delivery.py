@@ -52,12 +52,16 @@ async def parts(*texts: str, fail: str | None = None, gap: float = 0.0) -> Async
 
 class FakeEditable:
     limit = 50
-    reformats_final = False
 
-    def __init__(self) -> None:
+    def __init__(self, reformats_final: bool = False) -> None:
+        # Whether the final form is rendered differently (as Telegram's HTML is).
+        self.reformats_final = reformats_final
         self.calls: list[tuple[str, object, str, bool, float]] = []
         self.messages: dict[int, str] = {}
         self.refuse: list[Exception] = []
+
+    def final_differs(self, shown: str, final: str) -> bool:
+        return self.reformats_final or shown != final
 
     def _maybe_refuse(self) -> None:
         if self.refuse:

@@ -26,7 +26,7 @@ from adapters.discord import (
 )
 from bot import cli
 from bot.config import BindingSpec
-from bot.errors import AdapterStartError
+from bot.errors import AdapterStartError, PlatformUnavailable
 from bot.events import ChatKind, InboundEvent, MessageStatus, VoiceAttachment
 from bot.service import Service
 from bot.store.bindings import add_binding
@@ -52,6 +52,7 @@ from tests.support.discord import (
     started,
     state,
     stop,
+    taken,
 )
 from tests.support.helpers import (
     FENCE,
@@ -91,15 +92,15 @@ def assert_paced(calls: list[Any], floor: float) -> None:
 
 
 def record_events(monkeypatch: pytest.MonkeyPatch, service: Service) -> list[InboundEvent]:
-    """Every event the adapter hands to the gateway, as parsed."""
+    """Every event the adapter hands to the gateway, as parsed (kept or dropped)."""
     seen: list[InboundEvent] = []
-    accept = service.gateway.accept
+    wants = service.gateway.wants
 
-    async def spy(event: InboundEvent) -> int | None:
+    def spy(event: InboundEvent) -> bool:
         seen.append(event)
-        return await accept(event)
+        return wants(event)
 
-    monkeypatch.setattr(service.gateway, "accept", spy)
+    monkeypatch.setattr(service.gateway, "wants", spy)
     return seen
 
 
@@ -186,10 +187,11 @@ async def test_guild_mention_gets_a_guest_reply_referencing_the_message(
 
 async def test_guild_message_without_mention_gets_nothing(
         fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
-    async with serving(service, message_content_intent=True):
+    async with serving(service, message_content_intent=True) as adapter:
         msg = fake_discord.guild_message(author_id=STRANGER_ID, author_name="stranger",
                                  content="anyone around?")
-        assert await settled(service, msg) == MessageStatus.IGNORED
+        await taken(adapter, msg)
+    assert await state(service, msg) is None  # not addressed: never even stored
     assert chat_requests(fake_ollama) == 0
     assert fake_discord.calls_to("POST", f"/channels/{fake_discord.channel_id}/typing") == []
     assert fake_discord.calls_to("POST", f"/channels/{fake_discord.channel_id}/messages") == []
@@ -197,7 +199,7 @@ async def test_guild_message_without_mention_gets_nothing(
 
 async def test_everyone_and_a_reply_to_someone_else_do_not_address_the_bot(
         fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
-    async with serving(service, message_content_intent=True):
+    async with serving(service, message_content_intent=True) as adapter:
         other = fake_discord.guild_message(author_id=BYSTANDER_ID, author_name="b",
                                            content="hi all")
         reply = fake_discord.guild_message(author_id=STRANGER_ID, author_name="s", content="hi b",
@@ -205,8 +207,9 @@ async def test_everyone_and_a_reply_to_someone_else_do_not_address_the_bot(
         everyone = {**other, "id": "999999999999999991", "content": "@everyone hello",
                     "mention_everyone": True}
         fake_discord.dispatch("MESSAGE_CREATE", everyone)
+        await taken(adapter, everyone)
         for msg in (other, reply, everyone):
-            assert await settled(service, msg) == MessageStatus.IGNORED
+            assert await state(service, msg) is None
     assert chat_requests(fake_ollama) == 0
 
 
@@ -214,13 +217,14 @@ async def test_mention_of_the_bots_role_addresses_it(
         fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama,
         monkeypatch: pytest.MonkeyPatch) -> None:
     events = record_events(monkeypatch, service)
-    async with serving(service, message_content_intent=True):
+    async with serving(service, message_content_intent=True) as adapter:
         by_role = fake_discord.guild_message(author_id=STRANGER_ID, author_name="s", content="help",
                                      mention_role=fake_discord.bot_role_id)
         other_role = fake_discord.guild_message(author_id=STRANGER_ID, author_name="s",
                                         content="hi all", mention_role=fake_discord.member_role_id)
         assert await settled(service, by_role) == MessageStatus.ANSWERED
-        assert await settled(service, other_role) == MessageStatus.IGNORED
+        await taken(adapter, other_role)
+        assert await state(service, other_role) is None
     assert user_text(fake_ollama) == "help"
     assert [e.mentioned for e in events] == [True, False]
     assert events[1].text == f"<@&{fake_discord.member_role_id}> hi all"  # only our own is removed
@@ -245,13 +249,13 @@ async def test_reply_to_the_bot_addresses_it(fake_discord: FakeDiscord, service:
 
 async def test_own_echo_and_other_bots_are_ignored(fake_discord: FakeDiscord, service: Service,
                                                    fake_ollama: FakeOllama) -> None:
-    async with serving(service):
+    async with serving(service) as adapter:
         msg = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger", content="hello")
         assert await settled(service, msg) == MessageStatus.ANSWERED
         (reply,) = bot_messages(fake_discord, fake_discord.dm_channel_id(STRANGER_ID))
         bot = fake_discord.guild_message(author_id=OTHER_BOT_ID, author_name="otherbot",
                                  content="beep", mention_bot=True, author_is_bot=True)
-        await barrier(fake_discord, service)  # the echo of our reply and the other bot's message
+        await barrier(fake_discord, adapter)  # the echo of our reply and the other bot's message
     assert await state(service, reply) is None  # the echo never even reached the inbox
     assert await state(service, bot) is None
     assert chat_requests(fake_ollama) == 1
@@ -420,7 +424,7 @@ async def test_429_on_an_edit_mid_stream_still_completes_the_reply(
 async def test_gateway_dropped_mid_session_loses_and_repeats_nothing(
         fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama, how: str) -> None:
     fake_ollama.script(ScriptedReply(chunks=("First.",)), ScriptedReply(chunks=("Second.",)))
-    async with serving(service):
+    async with serving(service) as adapter:
         first = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="one")
         assert await settled(service, first) == MessageStatus.ANSWERED
         if how == "op7-reconnect":
@@ -432,7 +436,7 @@ async def test_gateway_dropped_mid_session_loses_and_repeats_nothing(
         await until(lambda: fake_discord.resumes == 1, "the RESUME")
         # The same message once more, after the resume.
         fake_discord.dispatch("MESSAGE_CREATE", missed)
-        await barrier(fake_discord, service)
+        await barrier(fake_discord, adapter)
     assert (fake_discord.identifies, fake_discord.resumes) == (1, 1)
     assert chat_requests(fake_ollama) == 2
     stranger_dm = fake_discord.dm_channel_id(STRANGER_ID)
@@ -444,14 +448,14 @@ async def test_gateway_dropped_while_a_reply_streams(fake_discord: FakeDiscord, 
                                                      fake_ollama: FakeOllama) -> None:
     words = ("Still", *(f" here {n}" for n in range(8)))
     fake_ollama.script(ScriptedReply(chunks=words, token_delay=0.08))
-    async with serving(service):
+    async with serving(service) as adapter:
         msg = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="talk to me")
         dm = fake_discord.dm_channel_id(STRANGER_ID)
         await fake_discord.wait_for_call("POST", f"/channels/{dm}/messages")
         await fake_discord.close_gateway(None)  # TCP gone; REST keeps working
         assert await settled(service, msg) == MessageStatus.ANSWERED
         await until(lambda: fake_discord.resumes == 1, "the RESUME")
-        await barrier(fake_discord, service)  # replayed echoes and updates of our reply included
+        await barrier(fake_discord, adapter)  # replayed echoes and updates of our reply included
     (reply,) = bot_messages(fake_discord, dm)
     assert reply["content"] == "".join(words)
     assert chat_requests(fake_ollama) == 1
@@ -478,7 +482,7 @@ async def test_restart_answers_what_was_left_once_even_when_ready_fires_again(
         fake_discord.invalidate_session(resumable=False)  # a fresh IDENTIFY, so on_ready once more
         await again
         assert await settled(service, msg) == MessageStatus.ANSWERED
-        await barrier(fake_discord, service)
+        await barrier(fake_discord, adapter)
     assert fake_discord.identifies == 3
     assert chat_requests(fake_ollama) == 2
     stranger_dm = fake_discord.dm_channel_id(STRANGER_ID)
@@ -543,9 +547,11 @@ async def test_unreachable_discord(service: Service, monkeypatch: pytest.MonkeyP
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
-    with pytest.raises(AdapterStartError) as error:
+    # Worth another try later (the supervisor restarts the adapter), unlike a bad token.
+    with pytest.raises(PlatformUnavailable) as error:
         await asyncio.wait_for(make_adapter(service).serve(), WAIT_LIMIT)
-    assert str(error.value).startswith("Could not reach Discord to log in")
+    assert not isinstance(error.value, AdapterStartError)
+    assert error.value.user_message.startswith("Could not reach Discord to log in")
 
 
 async def test_token_is_never_logged_or_stored(fake_discord: FakeDiscord, service: Service,

@@ -156,8 +156,8 @@ async def test_resume_answers_stored_but_unanswered_events_once(
     async with open_service(config, voice=False) as service:
         pending = await service.gateway.pending("console")
         assert len(pending) == 1
-        for inbox_id, event in pending:
-            await service.gateway.answer(inbox_id, event, deliver)
+        for left in pending:
+            await service.gateway.answer(left.inbox_id, left.event, deliver)
         assert await service.gateway.pending("console") == []
     assert "".join(answered) == "Hello there."
     assert sent_messages(fake_ollama)[-1]["content"] == "left over from a crash"

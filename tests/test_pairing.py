@@ -6,12 +6,20 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from bot.events import ChatKind, InboundEvent, ReplyPart, ReplyText
-from bot.pairing import LOCK_AFTER_FAILURES, create_code
+from bot.pairing import (
+    GLOBAL_FAILURE_LIMIT,
+    GLOBALLY_LOCKED,
+    LOCK_WINDOW,
+    SENDER_FAILURE_LIMIT,
+    SENDER_LOCKED,
+    WRONG_CODE,
+    create_code,
+)
 from bot.service import Service
-from bot.store.tables import PairingCodeRow, utcnow
+from bot.store.tables import PairingAttemptRow, PairingCodeRow, utcnow
 
 counter = iter(range(1, 1_000_000))
 
@@ -74,13 +82,85 @@ async def test_pairing_in_a_group_is_refused(ollama_service: Service) -> None:
     assert answer == "Pairing only works in a direct message with me."
 
 
-async def test_repeated_wrong_codes_lock_pairing(ollama_service: Service) -> None:
+async def test_a_strangers_wrong_codes_do_not_lock_the_owner_out(
+        ollama_service: Service) -> None:
     code = await create_code(ollama_service.store)
-    for attempt in range(LOCK_AFTER_FAILURES):
-        await say(ollama_service, dm(f"/pair NOPE{attempt}", sender=str(700 + attempt)))
-    answer = await say(ollama_service, dm(f"/pair {code}"))
-    assert answer.startswith("Pairing is locked")
+    answers = [await say(ollama_service, dm(f"/pair NOPE{n}", sender="666")) for n in range(8)]
+    assert answers == [WRONG_CODE] * SENDER_FAILURE_LIMIT + [SENDER_LOCKED] * 3
+    assert (await say(ollama_service, dm(f"/pair {code}"))).startswith("Paired.")
+    assert await persona_of(ollama_service, "555") == "admin"
+
+
+async def test_a_sender_is_limited_on_their_own_until_the_window_passes(
+        ollama_service: Service) -> None:
+    code = await create_code(ollama_service.store)
+    for n in range(SENDER_FAILURE_LIMIT):
+        assert await say(ollama_service, dm(f"/pair NOPE{n}")) == WRONG_CODE
+    # Even the right code is not checked for this sender now, and asking again does not
+    # extend the lock: refused attempts are not recorded.
+    assert await say(ollama_service, dm(f"/pair {code}")) == SENDER_LOCKED
+    assert await say(ollama_service, dm(f"/pair {code}")) == SENDER_LOCKED
+    assert await attempts(ollama_service, "555") == SENDER_FAILURE_LIMIT
     assert await persona_of(ollama_service, "555") == "guest"
+    await travel(ollama_service, LOCK_WINDOW)
+    assert (await say(ollama_service, dm(f"/pair {code}"))).startswith("Paired.")
+
+
+async def test_many_senders_together_reach_the_global_ceiling(ollama_service: Service) -> None:
+    code = await create_code(ollama_service.store)
+    await wrong_codes_from_many_senders(ollama_service, GLOBAL_FAILURE_LIMIT - 1)
+    # One short of the ceiling pairing still works; at the ceiling it is locked for everyone,
+    # for the codes that existed before the lock.
+    spare = await create_code(ollama_service.store)
+    await wrong_codes_from_many_senders(ollama_service, 1, first=100)
+    assert await say(ollama_service, dm(f"/pair {code}")) == GLOBALLY_LOCKED
+    assert await say(ollama_service, dm(f"/pair {spare}", sender="777")) == GLOBALLY_LOCKED
+    assert await persona_of(ollama_service, "555") == "guest"
+    assert await persona_of(ollama_service, "777") == "guest"
+    # A guess made under the lock still counts against its sender.
+    assert await say(ollama_service, dm("/pair NOPE", sender="888")) == GLOBALLY_LOCKED
+    assert await attempts(ollama_service, "888") == 1
+    # The lock lifts once the wrong codes are older than the window.
+    await travel(ollama_service, LOCK_WINDOW)
+    assert (await say(ollama_service, dm(f"/pair {code}"))).startswith("Paired.")
+
+
+async def test_the_owners_fresh_code_works_under_a_global_lock(ollama_service: Service) -> None:
+    old = await create_code(ollama_service.store)
+    await wrong_codes_from_many_senders(ollama_service, GLOBAL_FAILURE_LIMIT)
+    assert await say(ollama_service, dm(f"/pair {old}")) == GLOBALLY_LOCKED
+    fresh = await create_code(ollama_service.store)  # the owner runs `hearthbot pair` again
+    # The attacker lets the lock lapse and locks again; the code made under the first lock
+    # stays usable, the one made before it does not.
+    await travel(ollama_service, LOCK_WINDOW)
+    await wrong_codes_from_many_senders(ollama_service, GLOBAL_FAILURE_LIMIT, first=100)
+    assert await say(ollama_service, dm(f"/pair {old}", sender="777")) == GLOBALLY_LOCKED
+    assert (await say(ollama_service, dm(f"/pair {fresh}"))).startswith("Paired.")
+    assert await persona_of(ollama_service, "555") == "admin"
+
+
+async def wrong_codes_from_many_senders(service: Service, count: int, first: int = 0) -> None:
+    for n in range(first, first + count):
+        sender = str(9000 + n // SENDER_FAILURE_LIMIT)
+        assert await say(service, dm(f"/pair NOPE{n}", sender=sender)) in (WRONG_CODE,
+                                                                        GLOBALLY_LOCKED)
+
+
+async def attempts(service: Service, sender: str) -> int:
+    async with service.store.read() as session:
+        return await session.scalar(select(func.count()).select_from(PairingAttemptRow)
+                                    .where(PairingAttemptRow.sender_id == sender)) or 0
+
+
+async def travel(service: Service, span: timedelta) -> None:
+    """Let `span` (and a second) pass for pairing: every stored time moves back by it."""
+    span += timedelta(seconds=1)
+    async with service.store.write() as session:  # SQLite has no arithmetic on its times
+        for attempt in (await session.scalars(select(PairingAttemptRow))).all():
+            attempt.at -= span
+        for code in (await session.scalars(select(PairingCodeRow))).all():
+            code.created_at -= span
+            code.expires_at -= span
 
 
 async def test_commands_and_odd_messages(ollama_service: Service) -> None:

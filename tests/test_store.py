@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, text, update
 
 from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.store import Store, inbox
-from tests.support.helpers import make_config
+from bot.store.db import SCHEMA_HEAD
+from bot.store.history import StoredMessage, open_conversation, start_new_session
+from bot.store.retention import Removed, forget_chat, prune_history
+from bot.store.tables import InboxRow, MessageRow, SessionRow, TurnRow, utcnow
+from tests.support.helpers import converse, make_config
 
 TABLES = {"bindings", "sessions", "messages", "inbox", "turns", "pairing_codes",
-          "pairing_attempts", "alembic_version"}
+          "pairing_attempts", "quarantine", "tool_calls", "alembic_version"}
 
 
 def _event(message_id: str) -> InboundEvent:
@@ -31,7 +37,8 @@ async def test_migrations_create_schema_from_empty_and_rerun_cleanly(data_dir: P
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
         assert tables >= TABLES
-        assert db.execute("select version_num from alembic_version").fetchall() == [("0002",)]
+        assert db.execute("select version_num from alembic_version").fetchall() == [
+            (SCHEMA_HEAD,)]
         assert db.execute("pragma journal_mode").fetchone() == ("wal",)
 
 
@@ -59,8 +66,8 @@ async def test_unanswered_events_survive_a_restart(data_dir: Path) -> None:
     reopened = Store(url)
     pending = await inbox.unanswered(reopened, "telegram")
     await reopened.close()
-    assert [e.message_id for _, e in pending] == ["9"]
-    assert pending[0][1].text == "hello"
+    assert [p.event.message_id for p in pending] == ["9"]
+    assert pending[0].event.text == "hello" and pending[0].sent == ()
 
 
 def test_schema_head_constant_matches_the_migrations() -> None:
@@ -74,36 +81,46 @@ def test_schema_head_constant_matches_the_migrations() -> None:
     assert ScriptDirectory.from_config(config).get_heads() == [SCHEMA_HEAD]
 
 
-async def test_upgrade_from_the_previous_version_keeps_the_data(data_dir: Path) -> None:
+@pytest.mark.parametrize("previous", ["0001", "0002"])
+async def test_upgrade_from_a_previous_version_keeps_the_data(data_dir: Path,
+                                                              previous: str) -> None:
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
-    from bot.store.db import MIGRATIONS_DIR
+    from bot.store.db import MIGRATIONS_DIR, SCHEMA_HEAD
 
     url = make_config(data_dir).store_url()
     store = Store(url)
 
-    def to_0001(connection: object) -> None:
+    def to_previous(connection: object) -> None:
         config = AlembicConfig()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         config.attributes["connection"] = connection
-        command.upgrade(config, "0001")
+        command.upgrade(config, previous)
 
     async with store.engine.begin() as connection:
-        await connection.run_sync(to_0001)
-    first = await inbox.record(store, _event("41"))
+        await connection.run_sync(to_previous)
+        # Written as that version's code wrote it: the columns it knew, nothing more.
+        await connection.execute(text(
+            "insert into inbox (platform, chat_id, message_id, sender_id, event, state, "
+            "received_at, updated_at) values ('telegram', '1', '41', '7', :event, 'received', "
+            "'2026-11-01 10:00:00', '2026-11-01 10:00:00')"),
+            {"event": inbox._to_json(_event("41"))})
     await store.close()
 
     upgraded = Store(url)
     await upgraded.migrate()
     assert await inbox.state_of(upgraded, "telegram", "1", "41") == MessageStatus.RECEIVED
     assert await inbox.record(upgraded, _event("41")) is None
+    [pending] = await inbox.unanswered(upgraded, "telegram")
+    assert pending.event.message_id == "41"
     await upgraded.close()
     path = url.split("///", 1)[1]
     with sqlite3.connect(path) as db:
-        assert db.execute("select version_num from alembic_version").fetchall() == [("0002",)]
+        assert db.execute("select version_num from alembic_version").fetchall() == [
+            (SCHEMA_HEAD,)]
         assert db.execute("select count(*) from pairing_codes").fetchone() == (0,)
-    assert first is not None
+        assert db.execute("select attempts, sent from inbox").fetchall() == [(1, None)]
 
 
 async def test_a_binding_taken_out_of_the_config_is_revoked(store: Store) -> None:
@@ -129,3 +146,84 @@ async def test_a_binding_taken_out_of_the_config_is_revoked(store: Store) -> Non
         await remove_binding(store, config_row.id)
     assert await remove_binding(store, added.id) == added
     assert await remove_binding(store, added.id) is None
+
+
+async def _age(store: Store, days: int, *, session_id: int) -> None:
+    """Make one session and everything in it `days` old."""
+    then = utcnow() - timedelta(days=days)
+    async with store.write() as session:
+        await session.execute(update(SessionRow).where(SessionRow.id == session_id)
+                              .values(created_at=then))
+        await session.execute(update(SessionRow).where(SessionRow.id == session_id,
+                                                       SessionRow.closed_at.is_not(None))
+                              .values(closed_at=then))
+        await session.execute(update(MessageRow).where(MessageRow.session_id == session_id)
+                              .values(created_at=then))
+        inbox_ids = select(TurnRow.inbox_id).where(TurnRow.session_id == session_id)
+        await session.execute(update(InboxRow).where(InboxRow.id.in_(inbox_ids))
+                              .values(received_at=then))
+        await session.execute(update(TurnRow).where(TurnRow.session_id == session_id)
+                              .values(received_at=then))
+
+
+def _stored(store: Store) -> str:
+    """Every value in every table, as one text to search."""
+    path = store.url.split("///", 1)[1]
+    with sqlite3.connect(path) as db:
+        tables = [t for (t,) in db.execute("select name from sqlite_master where type='table'")]
+        return repr([row for table in tables for row in db.execute(f'select * from "{table}"')])
+
+
+async def test_history_older_than_the_retention_is_pruned(store: Store) -> None:
+    # Chat 1: an old conversation, closed with /new, and a current one.
+    closed = await converse(store, "telegram", "1", "old question", "old follow-up")
+    await start_new_session(store, "telegram", "1", "guest")
+    await converse(store, "telegram", "1", "new question")
+    # Chat 2: one conversation, still open, silent for 40 days, with a summary.
+    stale = await converse(store, "telegram", "2", "stale question")
+    async with store.write() as session:
+        await session.execute(update(SessionRow).where(SessionRow.id == stale)
+                              .values(summary="they asked about a stale thing"))
+    await _age(store, 40, session_id=closed)
+    await _age(store, 40, session_id=stale)
+
+    for keep_forever in (None, 0):
+        assert await prune_history(store, keep_forever) == Removed()
+    assert await prune_history(store, 41) == Removed()
+    assert await prune_history(store, 30) == Removed(sessions=1, messages=6, turns=3, inbox=3)
+    assert await prune_history(store, 30) == Removed()  # nothing left to prune
+
+    left = _stored(store)
+    for gone in ("old question", "old follow-up", "stale question", "a stale thing"):
+        assert gone not in left
+    assert (await open_conversation(store, "telegram", "1", "guest")).messages == (
+        StoredMessage("user", "new question"), StoredMessage("assistant", "re: new question"))
+    # The open session of chat 2 keeps its (now empty) row: a turn may be using it.
+    reopened = await open_conversation(store, "telegram", "2", "guest")
+    assert (reopened.session_id, reopened.summary, reopened.messages) == (stale, "", ())
+
+
+async def test_forgetting_a_chat_removes_all_its_history_and_only_its(store: Store) -> None:
+    await converse(store, "telegram", "1", "first secret", "second secret")
+    await converse(store, "telegram", "1", "admin secret", persona="admin")
+    await converse(store, "telegram", "2", "someone else")
+    await converse(store, "discord", "1", "same id elsewhere")
+    await start_new_session(store, "telegram", "1", "guest")
+    assert await inbox.record(store, _event("unanswered")) is not None  # telegram chat 1
+
+    removed = await forget_chat(store, "1", "telegram")
+    assert removed == Removed(sessions=2, messages=6, turns=3, inbox=4)
+    assert removed.describe() == "2 sessions, 6 messages, 3 turn records and 4 inbox entries"
+    left = _stored(store)
+    assert "secret" not in left and "unanswered" not in left
+    # Not in the bytes on disk either, while the store is open: no free page, no log frame.
+    path = Path(store.url.split("///", 1)[1])
+    on_disk = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+    assert path.with_name(path.name + "-wal").exists()
+    assert b"secret" not in on_disk and b"unanswered" not in on_disk
+    assert "someone else" in left and "same id elsewhere" in left
+    assert await forget_chat(store, "1", "telegram") == Removed()
+
+    assert await forget_chat(store, "1") == Removed(sessions=1, messages=2, turns=1, inbox=1)
+    assert "same id elsewhere" not in _stored(store)
+    assert "someone else" in _stored(store)

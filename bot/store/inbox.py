@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -10,7 +12,12 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.events import ChatKind, InboundEvent, MessageStatus, VoiceAttachment
 from bot.store.db import Store
-from bot.store.tables import InboxRow, utcnow
+from bot.store.tables import InboxRow, QuarantineRow, utcnow
+
+log = logging.getLogger(__name__)
+
+# Starts of a run that may try to answer one stored message before it is given up.
+MAX_ATTEMPTS = 3
 
 
 async def record(store: Store, event: InboundEvent) -> int | None:
@@ -32,13 +39,61 @@ async def mark(store: Store, inbox_id: int, state: MessageStatus,
                               .values(state=state, error=error, updated_at=utcnow()))
 
 
-async def unanswered(store: Store, platform: str) -> list[tuple[int, InboundEvent]]:
-    """Events that were stored but never answered (the service stopped mid-turn)."""
+@dataclass(frozen=True)
+class Pending:
+    """A stored event the last run did not finish answering."""
+
+    inbox_id: int
+    event: InboundEvent
+    # Messages of the reply that were already sent before the run stopped.
+    sent: tuple[str, ...]
+
+
+async def unanswered(store: Store, platform: str,
+                     max_attempts: int = MAX_ATTEMPTS) -> list[Pending]:
+    """Events that were stored but never answered (the service stopped mid-turn).
+
+    Each call counts as an attempt for what it returns. A row that was already tried
+    `max_attempts` times, or that cannot be read back, is marked failed with the reason and
+    not returned: a message that brings the service down cannot bring it down at every start.
+    """
     query = (select(InboxRow)
              .where(InboxRow.platform == platform, InboxRow.state == MessageStatus.RECEIVED)
              .order_by(InboxRow.id))
-    async with store.read() as session:
-        return [(row.id, _from_json(row.event)) for row in (await session.scalars(query)).all()]
+    pending: list[Pending] = []
+    async with store.write() as session:
+        for row in (await session.scalars(query)).all():
+            row.updated_at = utcnow()
+            if row.attempts >= max_attempts:
+                row.state = MessageStatus.FAILED
+                row.error = f"gave up after {row.attempts} attempts"
+                log.warning("%s message %s in chat %s: %s", platform, row.message_id,
+                            row.chat_id, row.error)
+                continue
+            try:
+                event = _from_json(row.event)
+            except (ValueError, KeyError, TypeError) as exc:
+                row.state, row.error = MessageStatus.FAILED, f"unreadable stored event: {exc!r}"
+                log.warning("%s inbox row %d: %s", platform, row.id, row.error)
+                continue
+            row.attempts += 1
+            pending.append(Pending(row.id, event, tuple(json.loads(row.sent or "[]"))))
+    return pending
+
+
+async def add_sent(store: Store, inbox_id: int, handle: str) -> None:
+    """Remember a message of the reply as soon as it is on the platform."""
+    async with store.write() as session:
+        row = await session.get(InboxRow, inbox_id)
+        if row is not None:
+            row.sent = json.dumps([*json.loads(row.sent or "[]"), handle])
+
+
+async def quarantine(store: Store, platform: str, ref: str, reason: str, shape: str) -> None:
+    """Keep an unreadable payload's ids and shape (never its content) for the owner to see."""
+    async with store.write() as session:
+        session.add(QuarantineRow(platform=platform, ref=ref[:128], reason=reason[:2000],
+                                  shape=shape[:4000]))
 
 
 async def state_of(store: Store, platform: str, chat_id: str,

@@ -83,6 +83,12 @@ class InboxRow(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # How many times a run has started answering it: a message that fails the same way at
+    # every start is given up after a few, instead of being retried for ever.
+    attempts: Mapped[int] = mapped_column(default=0)
+    # The platform ids of the reply's messages sent so far (JSON list): a reply cut off by a
+    # crash is removed before it is answered again, never left truncated beside a new one.
+    sent: Mapped[str | None] = mapped_column(Text, default=None)
 
     __table_args__ = (
         UniqueConstraint("platform", "chat_id", "message_id", name="uq_inbox_message"),
@@ -135,3 +141,40 @@ class PairingAttemptRow(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_pairing_attempts_at", "at"),)
+
+
+class QuarantineRow(Base):
+    """A platform payload that could not be read: kept by ids and shape, never by content."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    ref: Mapped[str] = mapped_column(String(128))  # the update id or the dispatch's event name
+    reason: Mapped[str] = mapped_column(Text)
+    shape: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ToolCallRow(Base):
+    """One tool call, whatever became of it: allowed, refused, failed or an unknown tool.
+
+    Arguments are stored as JSON with secrets masked; the persona is the one the router
+    chose, never one the model named.
+    """
+
+    __tablename__ = "tool_calls"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    persona: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(128))
+    tool: Mapped[str] = mapped_column(String(128))
+    arguments: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    duration_ms: Mapped[int] = mapped_column(default=0)
+
+    __table_args__ = (Index("ix_tool_calls_at", "at"),
+                      Index("ix_tool_calls_persona", "persona", "at"))

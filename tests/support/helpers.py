@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Config, parse_config
+from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.service import Service
+from bot.store import Store, inbox
+from bot.store.history import TurnRecord, open_conversation, save_turn
+from bot.store.tables import utcnow
 from tests.fakes.llm_backends import FakeOllama
 
 Json = dict[str, Any]
@@ -47,6 +51,25 @@ async def until(condition: Callable[[], object], what: str = "the condition", *,
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {within:g} s for {what}")
         await asyncio.sleep(0.01)
+
+
+async def converse(store: Store, platform: str, chat_id: str, *texts: str,
+                   persona: str = "guest") -> int:
+    """Store an answered exchange for each text, as the gateway would; returns the session id."""
+    session_id = 0
+    for text in texts:
+        event = InboundEvent(platform=platform, chat_id=chat_id, chat_kind=ChatKind.DM,
+                             sender_id=chat_id, sender_name="someone",
+                             message_id=f"{persona}-{text}", text=text)
+        inbox_id = await inbox.record(store, event)
+        session_id = (await open_conversation(store, platform, chat_id, persona)).session_id
+        now = utcnow()
+        await save_turn(store, TurnRecord(
+            inbox_id=inbox_id, session_id=session_id, persona=persona, model="m",
+            received_at=now, first_token_at=now, done_at=now, prompt_tokens=1,
+            completion_tokens=1, status=MessageStatus.ANSWERED, user_text=text,
+            reply_text=f"re: {text}"))
+    return session_id
 
 
 def sent_messages(fake: FakeOllama, index: int = -1) -> list[Json]:
