@@ -66,9 +66,12 @@ def code_under_test(repo: Path) -> str:
                               check=False)
         return done.stdout.strip()
 
+    code = ("bot", "adapters", "persona", "migrations")
     commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "bot", "adapters", "persona", "migrations")
-    return f"{commit} ({repo}{', with uncommitted changes' if dirty else ''})"
+    changed = git("log", "-1", "--format=%h %s", "--", *code)[:80]
+    dirty = git("status", "--porcelain", "--", *code)
+    return (f"{commit} in {repo} (service code last changed in {changed}"
+            f"{'; with uncommitted changes' if dirty else ''})")
 
 
 def service_config(data_dir: Path, llm_base_url: str, channels: Json) -> Path:
