@@ -8,7 +8,10 @@ A small pure API, shared by the fuzz soak (tests/trials/soak.py) and any in-suit
     world = DiscordWorld(bot_id=fake.bot_id, guild_id=fake.guild_id,
                          channel_id=fake.channel_id, dm_channels=((user, channel), ...))
     for valid, frame in discord_dispatches(seed=7, count=2000, valid_every=50, world=world):
-        fake_discord.dispatch(frame["t"], frame["d"])   # or a raw sender for non-dict "d"
+        fuzz_discord.send_frame(frame)       # tests/trials/soak.py's FuzzDiscord: sent raw
+
+(FakeDiscord.dispatch itself reads fields that a malformed payload may lack, so frames are
+sent raw on the live session.)
 
 Each call yields `count` mutated payloads and, after every `valid_every` of them, one valid
 message (`valid` is True) that a correct service answers exactly once. The same seed always
