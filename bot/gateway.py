@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from bot import commands
 from bot.agent import AgentLoop
-from bot.errors import HearthbotError, VoiceError
+from bot.errors import DeliveryError, HearthbotError, VoiceError
 from bot.events import InboundEvent, MessageStatus, Reply, ReplyPart, ReplyText
 from bot.model_host import ModelHost
 from bot.router import Resolution, resolve
@@ -112,6 +112,12 @@ class Gateway:
         reply = _ReplyOutlet(self, inbox_id, event, deliver, leftovers)
         try:
             return await self._answer(inbox_id, event, reply, deliver_voice)
+        except DeliveryError as exc:  # the platform refused the answer: nothing more to send
+            log.warning("answering %s message %s in chat %s failed: %s", event.platform,
+                        event.message_id, event.chat_id, exc)
+            await self._shielded(inbox.mark(self.store, inbox_id, MessageStatus.FAILED,
+                                            error=f"delivery failed: {exc}"))
+            return TurnResult(MessageStatus.FAILED)
         except Exception as exc:
             # A bug, not a failure any layer below foresaw: the person still gets a sentence,
             # the row is closed with the reason, and the chat's later messages go on.

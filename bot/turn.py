@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from bot import prompt_window
 from bot.agent import AgentLoop, ToolStatus
-from bot.errors import ProviderError
+from bot.errors import DeliveryError, ProviderError
 from bot.events import (
     InboundEvent,
     MessageStatus,
@@ -101,6 +101,10 @@ class Turn:
         try:
             async with aclosing(self._reply(messages)) as stream:
                 await send(stream)
+        except DeliveryError as exc:  # the platform refused: a known failure, no traceback
+            log.warning("delivering the reply to %s chat %s failed: %s", self.event.platform,
+                        self.event.chat_id, exc)
+            self.failure = self.failure or f"{DELIVERY_FAILED}: {exc}"
         except Exception as exc:
             log.exception("delivering the reply to %s chat %s failed", self.event.platform,
                           self.event.chat_id)
