@@ -311,3 +311,33 @@ async def test_hearthbot_run_with_a_bad_token_exits_with_one_sentence(
     assert lines[-1] == ("hearthbot: Telegram rejected the bot token; check "
                          "channels.telegram.token or TELEGRAM_BOT_TOKEN.")
     assert "Traceback" not in err.decode()
+
+
+async def test_sigterm_mid_reply_lets_it_finish_and_the_next_start_answers_nothing_again(
+        tmp_path: Path, fake_tg: FakeTelegram, fake_ollama: FakeOllama,
+        cli_env: dict[str, str]) -> None:
+    words = tuple(f"w{n} " for n in range(30))
+    fake_ollama.script(ScriptedReply(chunks=words, token_delay=0.05))
+    env = {**cli_env, "TELEGRAM_BOT_TOKEN": fake_tg.token}
+    config = _config_file(tmp_path, fake_tg, fake_ollama, fake_tg.token)
+    process = await _run_service(config, env)
+    try:
+        await until(lambda: fake_tg.calls_to("getUpdates"), within=30)
+        fake_tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="a long answer please")
+        await until(lambda: fake_tg.drafts(STRANGER), "the reply under way", within=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert texts(fake_tg, STRANGER) == ["".join(words).strip()], "finished, not cut off"
+    # A second run finds nothing left to answer.
+    again = await _run_service(config, env)
+    try:
+        polls = len(fake_tg.calls_to("getUpdates"))
+        await until(lambda: len(fake_tg.calls_to("getUpdates")) > polls + 1, "polling again",
+                    within=30)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(again.communicate(), 60)
+    assert texts(fake_tg, STRANGER) == ["".join(words).strip()]
+    assert len(fake_ollama.requests_to("/api/chat")) == 1
