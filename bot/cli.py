@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="the chat's id (a Telegram DM's is the user's id; the terminal "
                              "chat's is 'owner')")
     forget.add_argument("--platform", help="only this platform's chat (default: every platform)")
+
+    audit = commands.add_parser("audit", help="show the tool calls made, allowed or refused")
+    audit.set_defaults(handler=_audit)
+    audit.add_argument("--since", type=_since, metavar="WHEN",
+                       help="only calls since then: an ISO date or time (UTC), or an age "
+                            "such as 30m, 12h, 7d")
+    audit.add_argument("--persona", help="only this persona's calls")
+    audit.add_argument("--limit", type=int, default=100, help="at most this many (newest)")
 
     transcribe = commands.add_parser("transcribe",
                                      help="print what a voice note or audio file says")
@@ -278,6 +287,39 @@ async def _forget(config: Config, args: argparse.Namespace) -> int:
     else:
         print(f"forgot {where}: removed {removed.describe()}")
     log.info("forgot a chat on request: removed %s", removed.describe())
+    return EXIT_OK
+
+
+def _since(value: str) -> datetime:
+    """`--since`: an ISO date or time (UTC), or an age: 30m, 12h, 7d."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if value[:-1].isdigit() and value[-1:] in units:
+        moment = datetime.now(UTC) - timedelta(**{units[value[-1]]: int(value[:-1])})
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is neither a date or time nor an age like 12h") from None
+    if moment.tzinfo is not None:  # stored times are naive UTC
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+async def _audit(config: Config, args: argparse.Namespace) -> int:
+    from bot.service import open_store
+    from bot.store.audit import read_audit
+
+    async with open_store(config) as store:
+        calls = await read_audit(store, since=args.since, persona=args.persona,
+                                 limit=args.limit)
+    if not calls:
+        print("no tool calls recorded" + (" in that time" if args.since else ""))
+    for call in calls:
+        when = call.at.strftime("%Y-%m-%d %H:%M:%S") if call.at else "?"
+        reason = f"  ({call.error})" if call.error else ""
+        print(f"{when}  {call.persona:<8} {call.platform}:{call.chat_id}  {call.tool} "
+              f"{call.arguments}  -> {call.outcome} in {call.duration_ms} ms{reason}")
     return EXIT_OK
 
 

@@ -164,3 +164,27 @@ def _type_into_terminal(argv: list[str], env: dict[str, str], keys: str, wait_fo
         os.close(controller)
     assert process.returncode == 0, screen
     return screen
+
+
+async def test_audit_lists_the_tool_calls_with_filters(cli_env: dict[str, str],
+                                                        data_dir: Path) -> None:
+    from bot.store.audit import ToolCallRecord, record_tool_call
+
+    async with open_store(make_config(data_dir)) as store:
+        await record_tool_call(store, ToolCallRecord(
+            persona="guest", platform="telegram", chat_id="5", tool="shell_exec",
+            arguments='{"command": "id"}', outcome="refused", error="not available here"))
+        await record_tool_call(store, ToolCallRecord(
+            persona="admin", platform="console", chat_id="owner", tool="file_read",
+            arguments='{"path": "notes.md"}', outcome="ok"))
+    code, out, _ = await hearthbot("audit", env=cli_env)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and "shell_exec" in lines[0] and "-> refused" in lines[0]
+    assert "(not available here)" in lines[0] and "file_read" in lines[1]
+    code, out, _ = await hearthbot("audit", "--persona", "guest", "--since", "1h", env=cli_env)
+    assert code == 0 and out.count("\n") == 1 and "shell_exec" in out
+    code, out, _ = await hearthbot("audit", "--since", "2999-01-01", env=cli_env)
+    assert code == 0 and out.strip() == "no tool calls recorded in that time"
+    code, _, err = await hearthbot("audit", "--since", "yesterday", env=cli_env)
+    assert code == 2 and "neither a date" in err
