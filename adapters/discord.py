@@ -31,6 +31,7 @@ from adapters.streaming import (
     deliver_voice_note,
     stream_by_editing,
 )
+from bot.approvals import Question
 from bot.config import DiscordChannel
 from bot.errors import AdapterStartError, DeliveryError, PlatformUnavailable, RateLimited
 from bot.events import ChatKind, InboundEvent, Reply, VoiceAttachment
@@ -316,13 +317,15 @@ class DiscordAdapter:
             guild_ready_timeout=self.guild_ready_timeout)
         self.client, self._intake = client, self._new_intake()
         try:
-            async with client:
-                try:
-                    await client.start(token)
-                finally:
-                    # Stop answering before the connection goes: a reply cut short stays in
-                    # the inbox for the next start instead of failing on a closed session.
-                    await self._intake.close()
+            with self.gateway.approvals.asking(PLATFORM, self.ask_owner):
+                async with client:
+                    try:
+                        await client.start(token)
+                    finally:
+                        # Stop answering before the connection goes: a reply cut short stays
+                        # in the inbox for the next start instead of failing on a closed
+                        # session.
+                        await self._intake.close()
         except discord.LoginFailure as exc:
             raise AdapterStartError(BAD_TOKEN) from exc
         except discord.PrivilegedIntentsRequired as exc:
@@ -337,6 +340,14 @@ class DiscordAdapter:
             # worth another try later, unlike a rejected token.
             message = UNREACHABLE.format(type(exc).__name__)
             raise PlatformUnavailable(message, user_message=message) from exc
+
+    async def ask_owner(self, question: Question) -> bool:
+        """Approve/deny buttons on Discord need interactions, which this adapter does not take
+        yet: a call that needs the owner's approval is refused, and the log says why."""
+        log.warning("discord: the owner cannot be asked to approve tool calls on Discord yet "
+                    "(no button interactions); the %s call from %s is refused",
+                    question.request.tool, question.origin)
+        return False
 
     async def logged_in(self, client: discord.Client) -> None:
         """After login, before the gateway connects: nothing of this run is in the inbox yet,

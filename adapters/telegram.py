@@ -4,6 +4,10 @@ The polling loop is our own rather than PTB's Updater so that every update is wr
 inbox before the next getUpdates call acknowledges it: a crash can delay an answer, never lose
 one. Wire types stop here: `to_event` is the one place a Telegram Update becomes an
 InboundEvent, and `TelegramChat` the one place a reply becomes Bot API calls.
+
+Tool approvals go to the owner's DM as a message with [Approve] [Deny] buttons; the presses
+come back through the same polling loop as callback queries, which are answered there and
+never stored in the inbox (they are not messages to answer).
 """
 
 from __future__ import annotations
@@ -16,11 +20,22 @@ import re
 import secrets
 import warnings
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
-from telegram import Bot, BotCommand, Message, MessageEntity, Update, User
+from telegram import (
+    Bot,
+    BotCommand,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    MessageEntity,
+    Update,
+    User,
+)
 from telegram.constants import ChatAction, ChatType, ParseMode
 from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
@@ -36,6 +51,7 @@ from adapters.streaming import (
     stream_by_preview,
 )
 from adapters.telegram_format import to_telegram_html
+from bot.approvals import Question
 from bot.commands import listed
 from bot.config import TelegramChannel
 from bot.errors import (
@@ -58,6 +74,18 @@ PLATFORM = "telegram"
 TEXT_LIMIT = 4096
 T = TypeVar("T")
 FetchFile = Callable[[str], Awaitable[bytes]]
+# The updates the bot asks for: messages to answer, and presses on its approval buttons.
+ALLOWED_UPDATES = ["message", "callback_query"]
+
+# An approval button's callback_data (at most 64 bytes): "approval:<token>:<choice>".
+APPROVAL_DATA = "approval"
+YES, NO = "yes", "no"
+APPROVED = "Approved."
+DENIED = "Denied."
+EXPIRED = "No answer in time; not run."
+STOPPED = "The bot stopped before an answer; not run."
+CLOSED = "This question is closed."
+OWNER_ONLY = "Only the owner can answer this."
 
 
 def to_event(update: Update, me: User, fetch_file: FetchFile) -> InboundEvent | None:
@@ -251,6 +279,35 @@ class TelegramChat:
                          self.chat_id, exc)
 
 
+def question_text(question: Question) -> str:
+    """The approval message: what would run, who asked, and how long the owner has."""
+    return (f"Approve a tool call?\n\n{question.request.tool} {question.arguments}\n\n"
+            f"Asked by {question.origin}. No answer within {_duration(question.seconds)} "
+            "means no.")
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds:g} s"
+
+
+def approval_keyboard(token: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[
+        InlineKeyboardButton("Approve", callback_data=f"{APPROVAL_DATA}:{token}:{YES}"),
+        InlineKeyboardButton("Deny", callback_data=f"{APPROVAL_DATA}:{token}:{NO}"),
+    ]])
+
+
+@dataclass
+class _OpenQuestion:
+    """An approval waiting for the owner: only a press by `owner` settles `answer`."""
+
+    owner: int
+    answer: asyncio.Future[bool]
+
+
 class TelegramAdapter:
     platform = PLATFORM
 
@@ -267,6 +324,8 @@ class TelegramAdapter:
         self._offset: int | None = None
         self._stopping = asyncio.Event()
         self._fetching: asyncio.Future[list[tuple[int, Update | _Unreadable]]] | None = None
+        # Approvals put to the owner and not settled yet, by the token on their buttons.
+        self._questions: dict[str, _OpenQuestion] = {}
 
     @property
     def last_seen(self) -> str | None:
@@ -303,23 +362,26 @@ class TelegramAdapter:
                                     "channels.telegram.token or TELEGRAM_BOT_TOKEN.") from exc
         self._bot = bot
         stopped = False
-        try:
-            await self._prepare(bot)
-            self.ready.set()
-            log.info("telegram: polling as @%s", bot.username)
-            await self._poll(bot, poll_timeout)
-            stopped = True
-        finally:
-            if stopped:
-                await self._intake.drain(self.stop_seconds)
-            else:
-                await self._intake.close()
-            if self._offset is not None:
-                # Acknowledge what was stored, so a restart is not sent it again; anything
-                # unanswered is resumed from the inbox.
-                with contextlib.suppress(TelegramError):
-                    await bot.get_updates(offset=self._offset, timeout=0)
-            await bot.shutdown()
+        # Asked until the replies under way are done: one waiting for the owner then is cut
+        # off with them and asks again at the next start.
+        with self.gateway.approvals.asking(PLATFORM, self.ask_owner):
+            try:
+                await self._prepare(bot)
+                self.ready.set()
+                log.info("telegram: polling as @%s", bot.username)
+                await self._poll(bot, poll_timeout)
+                stopped = True
+            finally:
+                if stopped:
+                    await self._intake.drain(self.stop_seconds)
+                else:
+                    await self._intake.close()
+                if self._offset is not None:
+                    # Acknowledge what was stored, so a restart is not sent it again; anything
+                    # unanswered is resumed from the inbox.
+                    with contextlib.suppress(TelegramError):
+                        await bot.get_updates(offset=self._offset, timeout=0)
+                await bot.shutdown()
 
     async def _prepare(self, bot: Bot) -> None:
         await bot.delete_webhook(drop_pending_updates=False)
@@ -370,7 +432,7 @@ class TelegramAdapter:
         update, so one bad update is set aside instead of stopping every later one."""
         try:
             updates = await bot.get_updates(offset=self._offset, timeout=poll_timeout,
-                                            allowed_updates=["message"])
+                                            allowed_updates=ALLOWED_UPDATES)
             return [(update.update_id, update) for update in updates]
         except TelegramError:
             raise
@@ -381,7 +443,7 @@ class TelegramAdapter:
             # The raw call is the library's documented way to get the unparsed payload.
             warnings.simplefilter("ignore", PTBUserWarning)
             raw = await bot.do_api_request("getUpdates", api_kwargs={
-                "offset": self._offset, "timeout": 0, "allowed_updates": ["message"]})
+                "offset": self._offset, "timeout": 0, "allowed_updates": ALLOWED_UPDATES})
         batch: list[tuple[int, Update | _Unreadable]] = []
         for payload in raw if isinstance(raw, list) else []:
             update_id = _update_id(payload, batch, self._offset)
@@ -395,6 +457,9 @@ class TelegramAdapter:
         if isinstance(update, _Unreadable):
             await self._intake.quarantine(f"update {update_id}", update.payload, update.problem)
             return
+        if update.callback_query is not None:
+            await self._pressed(bot, update.callback_query)
+            return
         try:
             event = to_event(update, bot.bot, self._fetch_file)
         except Exception as exc:
@@ -402,6 +467,74 @@ class TelegramAdapter:
             return
         if event is not None:
             await self._intake.take(event)
+
+    async def ask_owner(self, question: Question) -> bool:
+        """Ask the owner in their DM, with [Approve] [Deny] buttons, and wait for a press."""
+        bot = self._client()
+        try:
+            owner = int(question.owner)
+        except ValueError:
+            log.warning("telegram: the owner's binding names %r, not a user id; the %s call is "
+                        "refused", question.owner, question.request.tool)
+            return False
+        token = secrets.token_urlsafe(12)
+        text = question_text(question)
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._questions[token] = _OpenQuestion(owner, answer)
+        try:
+            try:
+                # In a private chat the chat id is the user's id.
+                sent = await _translated(bot.send_message(
+                    owner, text, reply_markup=approval_keyboard(token)))
+            except DeliveryError as exc:  # e.g. the owner never opened a DM with the bot
+                log.warning("telegram: could not ask the owner (%s) to approve %s: %s; the "
+                            "call is refused", owner, question.request.tool, exc)
+                return False
+            try:
+                async with asyncio.timeout(question.seconds):
+                    approved = await answer
+            except TimeoutError:
+                await self._settle(bot, owner, sent.message_id, text, EXPIRED)
+                return False
+            except asyncio.CancelledError:
+                await asyncio.shield(self._settle(bot, owner, sent.message_id, text, STOPPED))
+                raise
+            await self._settle(bot, owner, sent.message_id, text,
+                               APPROVED if approved else DENIED)
+            return approved
+        finally:
+            del self._questions[token]
+
+    async def _settle(self, bot: Bot, chat_id: int, message_id: int, text: str,
+                      verdict: str) -> None:
+        """Say on the question what came of it; without a markup the buttons go."""
+        try:
+            await _translated(bot.edit_message_text(f"{text}\n\n{verdict}", chat_id=chat_id,
+                                                    message_id=message_id))
+        except Exception as exc:  # the answer stands whether or not the chat shows it
+            log.warning("telegram: could not mark the approval question %s in chat %s as %r: "
+                        "%s", message_id, chat_id, verdict, exc)
+
+    async def _pressed(self, bot: Bot, query: CallbackQuery) -> None:
+        """A press on an approval button: it counts only from the owner the question went to,
+        and only while the question is open. Every press is answered, so the button stops
+        spinning."""
+        kind, _, rest = (query.data or "").partition(":")
+        token, _, choice = rest.rpartition(":")
+        question = self._questions.get(token) if kind == APPROVAL_DATA else None
+        if question is None or question.answer.done() or choice not in (YES, NO):
+            reply = CLOSED
+        elif query.from_user.id != question.owner:
+            log.warning("telegram: user %s pressed an approval button meant for the owner; "
+                        "ignored", query.from_user.id)
+            reply = OWNER_ONLY
+        else:
+            question.answer.set_result(choice == YES)
+            reply = APPROVED if choice == YES else DENIED
+        try:
+            await _translated(bot.answer_callback_query(query.id, text=reply))
+        except DeliveryError as exc:
+            log.info("telegram: could not answer a button press: %s", exc)
 
     def _client(self) -> Bot:
         if self._bot is None:

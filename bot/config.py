@@ -79,6 +79,9 @@ class GatewaySpec:
     # On SIGTERM/SIGINT, replies under way get this long to finish before the service exits;
     # what is cut off then is answered at the next start.
     stop_seconds: float = 10.0
+    # How long the owner has to approve a call to a tool under a persona's `tools.ask`; no
+    # answer in that time means no.
+    approval_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -368,6 +371,8 @@ def _check_references(config: Config) -> Config:
     if config.store.history_days is not None and config.store.history_days < 0:
         raise ConfigError("store.history_days",
                           "expected a number of days, 0 or more (null or 0: keep forever)")
+    if config.gateway.approval_seconds <= 0:
+        raise ConfigError("gateway.approval_seconds", "expected a number of seconds above 0")
     for name, provider in config.gateway.providers.items():
         where = f"gateway.providers.{name}"
         if provider.type != "embedded" and not provider.base_url:

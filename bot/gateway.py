@@ -2,8 +2,9 @@
 
 Adapters store each event with `accept` before the platform is told it arrived, then hand it to
 `answer` in the chat's lane with their own `deliver` coroutines, which consume the reply stream
-and put it on the platform. The console calls `handle`, which does both. Nothing here knows any
-platform; the model turn itself lives in bot/turn.py.
+and put it on the platform. The console calls `handle`, which does both. Adapters also
+register, with `approvals.asking`, how they put a tool approval to the owner. Nothing here
+knows any platform; the model turn itself lives in bot/turn.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from bot import commands
 from bot.agent import AgentLoop
+from bot.approvals import Approvals
 from bot.errors import DeliveryError, HearthbotError, VoiceError
 from bot.events import InboundEvent, MessageStatus, Reply, ReplyPart, ReplyText
 from bot.model_host import ModelHost
@@ -46,7 +48,7 @@ GREETING = "Yes? Ask me anything."
 class Gateway:
     def __init__(self, store: Store, models: ModelHost, personas: Mapping[str, Persona],
                  speech: Speech | None = None, tools: ToolGate | None = None,
-                 data_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None, approvals: Approvals | None = None) -> None:
         self.store = store
         self.models = models
         self.personas = personas
@@ -55,6 +57,9 @@ class Gateway:
         self.tools = tools if data_dir is not None else None
         self.data_dir = data_dir
         self._roles = {name: p.role for name, p in personas.items()}
+        # Where adapters register how they ask the owner to approve a tool call (the gate
+        # was handed `approvals.approve` when the service was wired).
+        self.approvals = approvals if approvals is not None else Approvals(store, self._roles)
         self._admin_persona = next((n for n, p in personas.items() if p.role == "admin"), None)
         self._records: set[asyncio.Future[None]] = set()
         self._unaddressed_voice = _HourlyBudget(speech.spec.unaddressed_per_hour if speech

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bot.approvals import ASKER_GRACE_SECONDS, Approvals
 from bot.config import Config
 from bot.errors import AdapterStartError
 from bot.gateway import Gateway
@@ -59,9 +60,16 @@ async def open_service(config: Config, *, voice: bool = True) -> AsyncIterator[S
 
             speech = Speech(config.voice)
             speech.preload()
-        gateway = Gateway(store, models, build_personas(config), speech,
-                          ToolGate(store, build_tools(), secrets=config.secrets()),
-                          config.data_path())
+        personas = build_personas(config)
+        # Calls to tools under a persona's `tools.ask` wait for the owner's answer, asked on
+        # the platform the call came from by the adapter registered there.
+        approvals = Approvals(store, {name: p.role for name, p in personas.items()},
+                              seconds=config.gateway.approval_seconds)
+        tools = ToolGate(store, build_tools(), approve=approvals.approve,
+                         secrets=config.secrets(),
+                         approval_seconds=approvals.seconds + ASKER_GRACE_SECONDS)
+        gateway = Gateway(store, models, personas, speech, tools, config.data_path(),
+                          approvals)
         try:
             yield Service(config, store, models, gateway)
         finally:

@@ -11,7 +11,7 @@ from datetime import timedelta
 import httpx
 import pytest
 import pytest_asyncio
-from telegram import Bot, BotCommand, Update
+from telegram import Bot, BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter
 from telegram.ext import (
     Application,
@@ -319,6 +319,47 @@ async def test_edit_delete_and_reply_shapes(fake: FakeTelegram, bot: Bot) -> Non
 
     await bot.set_my_commands([BotCommand("start", "Start"), BotCommand("voice", "Talk")])
     assert [c.command for c in await bot.get_my_commands()] == ["start", "voice"]
+
+
+async def test_inline_keyboards_presses_and_callback_answers(fake: FakeTelegram,
+                                                             bot: Bot) -> None:
+    keyboard = InlineKeyboardMarkup([[InlineKeyboardButton("Yes", callback_data="q:1:yes"),
+                                      InlineKeyboardButton("No", callback_data="q:1:no")]])
+    sent = await bot.send_message(OWNER, "Go ahead?", reply_markup=keyboard)
+    assert sent.reply_markup == keyboard
+    assert [b["callback_data"] for b in fake.buttons(OWNER, sent.message_id)] == [
+        "q:1:yes", "q:1:no"]
+    with pytest.raises(ValueError, match="no button"):
+        fake.press(OWNER, sent.message_id, "q:1:maybe", from_id=OWNER)
+
+    pushed = fake.press(OWNER, sent.message_id, "q:1:yes", from_id=OWNER)
+    (update,) = await bot.get_updates(timeout=0)
+    query = update.callback_query
+    assert query is not None and query.data == "q:1:yes" and query.from_user.id == OWNER
+    assert query.id == pushed["callback_query"]["id"]
+    assert query.message is not None and query.message.message_id == sent.message_id
+    assert await bot.answer_callback_query(query.id, text="Noted.")
+    assert fake.callback_answers[query.id]["text"] == "Noted."
+    with pytest.raises(BadRequest, match=r"(?i)query id is invalid"):
+        await bot.answer_callback_query(query.id)  # once only
+    with pytest.raises(BadRequest, match=r"(?i)query id is invalid"):
+        await bot.answer_callback_query("no-such-query")
+
+    # Editing the text without a markup takes the keyboard away, as on Telegram.
+    await bot.edit_message_text("Go ahead? Yes.", chat_id=OWNER, message_id=sent.message_id)
+    assert fake.buttons(OWNER, sent.message_id) == []
+    fake.press(OWNER, sent.message_id, "q:1:yes", from_id=OWNER, stale=True)  # an old client
+    # editMessageReplyMarkup puts buttons back and takes them away again.
+    again = InlineKeyboardMarkup([[InlineKeyboardButton("Undo", callback_data="q:1:undo")]])
+    await bot.edit_message_reply_markup(OWNER, sent.message_id, reply_markup=again)
+    assert [b["text"] for b in fake.buttons(OWNER, sent.message_id)] == ["Undo"]
+    with pytest.raises(BadRequest, match="not modified"):
+        await bot.edit_message_reply_markup(OWNER, sent.message_id, reply_markup=again)
+    await bot.edit_message_reply_markup(OWNER, sent.message_id)
+    assert fake.buttons(OWNER, sent.message_id) == []
+    too_long = InlineKeyboardMarkup([[InlineKeyboardButton("X", callback_data="x" * 65)]])
+    with pytest.raises(BadRequest, match=r"(?i)button_data_invalid"):
+        await bot.send_message(OWNER, "long data", reply_markup=too_long)
 
 
 async def test_long_poll_parks_until_an_update_arrives(fake: FakeTelegram, bot: Bot) -> None:

@@ -8,8 +8,8 @@ them to the model, and passes every call the model makes to `execute` together w
 2. re-checks the persona's policy: the persona comes from the context the caller built from
    the router's decision, never from the call or the message;
 3. validates the arguments against the tool's schema, refusing unknown keys;
-4. asks the owner first when the policy lists the tool under `ask` (no answer within two
-   minutes, an error, or no way to ask all mean no);
+4. asks the owner first when the policy lists the tool under `ask` (no answer in time — two
+   minutes unless the service sets it — an error, or no way to ask all mean no);
 5. runs the tool within the wall-time budget, cuts the result to the size budget, removes
    known secrets, and marks it as untrusted data with a boundary the content cannot forge;
 6. writes one audit row for every call, whatever happened, with secrets masked.

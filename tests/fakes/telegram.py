@@ -3,7 +3,9 @@
 It listens on 127.0.0.1 on a free port and speaks the Bot API's wire format: form-encoded,
 JSON or multipart requests in, ``{"ok": ...}`` envelopes out. It records every call, parks
 getUpdates long polls, serves uploaded and pushed files, validates message text the way
-Telegram does (length, MarkdownV2 and HTML well-formedness) and injects failures.
+Telegram does (length, MarkdownV2 and HTML well-formedness) and injects failures. Inline
+keyboards are kept on the messages they were sent or edited with; `press` queues the callback
+query a person's press on one of their buttons would bring.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ NOT_MODIFIED = (
 _STRING_FIELDS = frozenset({
     "text", "caption", "parse_mode", "action", "file_id", "title", "performer", "emoji",
     "business_connection_id", "message_effect_id", "language_code", "inline_message_id",
-    "description", "short_description", "name", "url", "secret_token",
+    "description", "short_description", "name", "url", "secret_token", "callback_query_id",
 })
+MAX_CALLBACK_DATA = 64  # bytes
+QUERY_INVALID = "query is too old and response timeout expired or query ID is invalid"
 _CHAT_ACTIONS = frozenset({
     "typing", "upload_photo", "record_video", "upload_video", "record_voice", "upload_voice",
     "upload_document", "choose_sticker", "find_location", "record_video_note",
@@ -332,6 +336,9 @@ class FakeTelegram(FakeServer):
         self._failures: dict[str, deque[ApiError]] = {}
         self._drops: dict[str, int] = {}
         self._commands: dict[str, list[Json]] = {}
+        self._next_query_id = 1
+        self._queries: set[str] = set()  # pressed, not answered yet
+        self.callback_answers: dict[str, Json] = {}  # callback query id → the answer's params
         methods: list[tuple[str, Handler]] = [
             ("getMe", self._get_me), ("getUpdates", self._get_updates),
             ("deleteWebhook", self._delete_webhook),
@@ -343,6 +350,8 @@ class FakeTelegram(FakeServer):
             ("sendDocument", partial(self._send_media, "document", "application/octet-stream")),
             ("deleteMessage", self._delete_message), ("setMyCommands", self._set_commands),
             ("getMyCommands", self._get_commands),
+            ("editMessageReplyMarkup", self._edit_reply_markup),
+            ("answerCallbackQuery", self._answer_callback_query),
         ]
         # Bot API method names are case-insensitive; calls are recorded under the canonical name.
         self._methods = {name.lower(): (name, handler) for name, handler in methods}
@@ -426,6 +435,34 @@ class FakeTelegram(FakeServer):
         message["audio"] = self._media("audio", data, mime_type, duration=duration,
                                        file_name=file_name, title=title)
         return self._queue({"message": message})
+
+    def buttons(self, chat_id: int, message_id: int) -> list[Json]:
+        """The inline buttons a message shows now, row after row; [] when it has none."""
+        message = self._messages.get((chat_id, message_id), {})
+        keyboard = message.get("reply_markup", {}).get("inline_keyboard", [])
+        return [copy.deepcopy(button) for row in keyboard for button in row]
+
+    def press(self, chat_id: int, message_id: int, data: str, from_id: int,
+              from_name: str = "Alice", *, stale: bool = False) -> Json:
+        """Queue the callback query of `from_id` pressing the button with `data` on a message.
+
+        Telegram only brings presses on buttons the message shows; `stale=True` stands for a
+        client still showing a keyboard the bot has since removed or replaced.
+        """
+        message = self._messages.get((chat_id, message_id))
+        if message is None:
+            raise ValueError(f"there is no message {message_id} in chat {chat_id}")
+        if not stale and data not in {b.get("callback_data")
+                                      for b in self.buttons(chat_id, message_id)}:
+            raise ValueError(f"message {message_id} shows no button with data {data!r}")
+        query_id = str(self._next_query_id)
+        self._next_query_id += 1
+        self._queries.add(query_id)
+        query: Json = {"id": query_id,
+                       "from": {"id": from_id, "is_bot": False, "first_name": from_name},
+                       "message": copy.deepcopy(message),
+                       "chat_instance": f"instance-{chat_id}", "data": data}
+        return self._queue({"callback_query": query})
 
     def push_update(self, update: Json) -> None:
         """Queue a raw update. Without an update_id it gets the next one; an update whose id
@@ -583,6 +620,31 @@ class FakeTelegram(FakeServer):
                 and time.monotonic() - last < self.edit_floor:
             raise ApiError(429, "Too Many Requests: retry after 1", retry_after=1)
 
+    @staticmethod
+    def _inline_markup(params: Json) -> Json:
+        """{"reply_markup": ...} for an inline keyboard with buttons, checked as Telegram
+        checks it; {} for none (an empty keyboard takes the buttons away)."""
+        markup = params.get("reply_markup")
+        if markup is None:
+            return {}
+        keyboard = markup.get("inline_keyboard") if isinstance(markup, dict) else None
+        if keyboard is None:
+            return {}  # reply keyboards and the like belong to the chat, not the message
+        if not isinstance(keyboard, list) or not all(isinstance(r, list) for r in keyboard):
+            raise _bad("can't parse inline keyboard button: InlineKeyboardButton must be an "
+                       "Object")
+        for row in keyboard:
+            for button in row:
+                if not isinstance(button, dict) or not button.get("text"):
+                    raise _bad("can't parse inline keyboard button: Text buttons are "
+                               "unallowed in the inline keyboard")
+                data = button.get("callback_data")
+                if data is not None and not 1 <= len(str(data).encode()) <= MAX_CALLBACK_DATA:
+                    raise _bad("BUTTON_DATA_INVALID")
+        if not any(keyboard):
+            return {}
+        return {"reply_markup": {"inline_keyboard": keyboard}}
+
     def _text(self, params: Json, field: str, limit: int, too_long: str) -> tuple[str, Spans]:
         return _render(str(params.get(field, "")), params.get("parse_mode"), limit, too_long)
 
@@ -619,7 +681,8 @@ class FakeTelegram(FakeServer):
         if not text:
             raise _bad("message text is empty")
         self._flood_check(chat_id)
-        extra = {"entities": params["entities"]} if params.get("entities") else {}
+        extra: Json = {"entities": params["entities"]} if params.get("entities") else {}
+        extra |= self._inline_markup(params)
         message = self._outbound(chat_id, params, text=text, **extra)
         self._content[(chat_id, message["message_id"])] = (text, spans,
                                                            params.get("reply_markup"))
@@ -647,9 +710,40 @@ class FakeTelegram(FakeServer):
         message.pop("entities", None)
         if params.get("entities"):
             message["entities"] = params["entities"]
+        # As on Telegram, an edit without a markup takes the inline keyboard away.
+        message.pop("reply_markup", None)
+        message.update(self._inline_markup(params))
         self._content[key] = content
         self._last_text_at[chat_id] = time.monotonic()
         return message
+
+    async def _edit_reply_markup(self, params: Json, files: dict[str, bytes]) -> Json:
+        key = self._message_key(params)
+        message = self._messages.get(key)
+        if message is None:
+            raise _bad("message to edit not found")
+        if message["from"].get("id") != self.bot_id:
+            raise _bad("message can't be edited")
+        markup = self._inline_markup(params)
+        if message.get("reply_markup") == markup.get("reply_markup"):
+            raise _bad(NOT_MODIFIED)
+        message.pop("reply_markup", None)
+        message.update(markup)
+        message["edit_date"] = int(time.time())
+        previous = self._content.get(key)
+        if isinstance(previous, tuple):
+            self._content[key] = (*previous[:2], params.get("reply_markup"))
+        return message
+
+    async def _answer_callback_query(self, params: Json, files: dict[str, bytes]) -> bool:
+        query_id = params.get("callback_query_id")
+        if not isinstance(query_id, str) or query_id not in self._queries:
+            raise _bad(QUERY_INVALID)
+        if len(str(params.get("text") or "")) > 200:
+            raise _bad("MESSAGE_TOO_LONG")
+        self._queries.discard(query_id)
+        self.callback_answers[query_id] = dict(params)
+        return True
 
     async def _send_message_draft(self, params: Json, files: dict[str, bytes]) -> bool:
         chat_id = self._chat_id(params)
