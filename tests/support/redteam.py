@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from adapters.console import ConsoleChat
 from adapters.telegram import TelegramAdapter
 from bot.config import BindingSpec, Config
@@ -24,6 +26,7 @@ from bot.service import Service, open_service
 from bot.store.bindings import add_binding
 from bot.turn import TurnResult
 from tests.fakes.llm_backends import FakeOllama, FakeOpenAI, ScriptedReply, ToolCall
+from tests.fakes.server import FakeServer
 from tests.fakes.telegram import FakeTelegram
 from tests.support.helpers import Json, make_config
 from tests.support.telegram import EDIT_INTERVAL, OWNER
@@ -149,3 +152,29 @@ async def serve_telegram(config: Config, fake_tg: FakeTelegram) -> AsyncIterator
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+class PageServer(FakeServer):
+    """A web page on 127.0.0.1 for external_fetch, counting who asked for it."""
+
+    TITLE = "Hearth test page"
+    TEXT = "The kettle is on at the hearth."
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[dict[str, str]] = []  # the headers of each request
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/page"
+
+    def build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/page", self._page)
+        return app
+
+    async def _page(self, request: web.Request) -> web.Response:
+        self.requests.append(dict(request.headers))
+        html = (f"<html><head><title>{self.TITLE}</title><script>var x = 1;</script></head>"
+                f"<body><p>{self.TEXT}</p></body></html>")
+        return web.Response(text=html, content_type="text/html")
