@@ -650,3 +650,26 @@ async def test_a_call_to_an_offered_tool_written_as_text_goes_through_the_gate(
     assert [(r.persona, r.tool, r.outcome) for r in audit_rows(service)] == [
         ("guest", "file_read", REFUSED)]
     await _nothing_escaped(service, backend, arena, listener, chat)
+
+
+async def test_arguments_nested_too_deep_to_mask_are_still_refused_and_audited(
+        backend: Backend, service: Service, arena: Arena, listener: socket.socket) -> None:
+    # Deep enough that masking the arguments for the audit runs out of stack (as it did: the
+    # call then had no audit row and broke the turn), shallow enough to parse.
+    nested: object = "../../etc/passwd"
+    for _ in range(700):
+        nested = [nested]
+    backend.script(step("file_read", {"path": nested}), answer(FINAL))
+    chat = console_chat(service, "guest")
+
+    result = await chat.ask("Read this.")
+
+    assert result.answered and chat.out.getvalue().strip() == FINAL
+    (content,) = tool_messages(backend)
+    assert content == "[file_read: refused] file_read: argument 'path' must be a string."
+    (row,) = audit_rows(service)
+    assert (row.persona, row.tool, row.outcome) == ("guest", "file_read", REFUSED)
+    assert json.loads(row.arguments) in ({"path": nested},
+                                         "[arguments nested too deeply to record]")
+    await _nothing_escaped(service, backend, arena, listener, chat)
+    await _still_answers(service, backend, chat)
