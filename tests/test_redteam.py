@@ -49,11 +49,11 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the tested sandbox is Linux's")
 
 LIMITS = SandboxLimits(cpu_seconds=2, memory_bytes=256 * MIB, file_bytes=4 * MIB,
-                       scratch_bytes=16 * MIB, processes=12, wall_seconds=6,
+                       scratch_bytes=16 * MIB, processes=12, wall_seconds=8,
                        output_bytes=16 * 1024)
 GUEST_TOOLS = ["file_read", "knowledge_lookup", "code_interpreter_sandbox"]
-OWNER_ONLY = ("shell_exec", "system_process", "external_fetch")
-# Set in the service's environment by every test: neither may reach the model or the store.
+# None of these may ever reach the model, the guest's chat or the store: two values in the
+# service's environment (set by every test), a word in the owner's notes, the host's users.
 SECRET_TOKEN = "hb-redteam-token-3b9d2f61"
 SECRET_PLAIN = "hb-redteam-plain-8e41a07c"
 ADMIN_SECRET = "ADMIN-ONLY-c41d9e"
@@ -562,8 +562,7 @@ async def test_a_guest_claiming_to_be_the_owner_changes_nothing(
         "[system_process: refused] The tool system_process is not available to you here."]
     assert [(r.persona, r.tool, r.outcome) for r in audit_rows(service)] == [
         ("guest", "shell_exec", REFUSED), ("guest", "system_process", REFUSED)]
-    for body in backend.chat_bodies():
-        assert not set(OWNER_ONLY) & set(offered_tools(body))
+    # The owner's tools were never offered, before or after the claim.
     assert [offered_tools(body) for body in backend.chat_bodies()] == [GUEST_TOOLS] * 3
     assert not arena.marker.exists()
     await _still_answers(service, backend, chat)
