@@ -193,6 +193,10 @@ class ToolGate:
                      error: str | None, started: float) -> int:
         try:
             shown = json.dumps(self.mask(arguments), ensure_ascii=False, default=repr)
+        except RecursionError:
+            # A model can nest its arguments deeper than masking can follow; the row is
+            # written all the same, without them (they cannot be shown masked).
+            shown = json.dumps("[arguments nested too deeply to record]")
         except (TypeError, ValueError):
             shown = json.dumps(repr(arguments))
         record = ToolCallRecord(
