@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -31,8 +32,9 @@ class WebState:
 
 
 STATE = web.AppKey("state", WebState)
-SESSION = "hearthbot.session"
-API_TOKEN = "hearthbot.api_token"
+# Who the guard let in, for the handler it calls next (in the same task).
+SESSION: ContextVar[WebSession | None] = ContextVar("web_session", default=None)
+API_TOKEN: ContextVar[ApiToken | None] = ContextVar("api_token", default=None)
 
 
 def state(request: web.Request) -> WebState:
@@ -41,14 +43,14 @@ def state(request: web.Request) -> WebState:
 
 def session_of(request: web.Request) -> WebSession:
     """The signed-in session (the guard lets no other request reach a page's handler)."""
-    found = request.get(SESSION)
-    assert isinstance(found, WebSession)
+    found = SESSION.get()
+    assert found is not None
     return found
 
 
 def api_token_of(request: web.Request) -> ApiToken:
-    found = request.get(API_TOKEN)
-    assert isinstance(found, ApiToken)
+    found = API_TOKEN.get()
+    assert found is not None
     return found
 
 

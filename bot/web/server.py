@@ -146,7 +146,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token is None:
             return _refuse(request, 401, "A valid API token is required "
                                          "(hearthbot token create --persona NAME).")
-        request[API_TOKEN] = token
+        API_TOKEN.set(token)
         return await handler(request)
     cookie = request.cookies.get(COOKIE)
     session = await stored_session(st.store, cookie) if cookie else None
@@ -157,7 +157,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if (request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none")
                 or not hmac.compare_digest(sent.encode(), session.csrf_token.encode())):
             return _refuse(request, 403, "This request did not come from hearthbot's own page.")
-    request[SESSION] = session
+    SESSION.set(session)
     return await handler(request)
 
 
@@ -185,7 +185,7 @@ async def _login(request: web.Request) -> web.StreamResponse:
             "is not valid: it was used already or has expired. Run <code>hearthbot web</code> "
             "for a new one.</p>"))
     log.info("the owner signed in to the web pages (session %d)", opened.session.id)
-    response = web.HTTPSeeOther("/chat")
+    response = web.Response(status=303, headers={"Location": "/chat"})
     response.set_cookie(COOKIE, opened.token, httponly=True, samesite="Strict", path="/",
                         secure=_secure(st.config),
                         max_age=int(st.config.gateway.web.session_hours * 3600))
@@ -214,7 +214,7 @@ def _page(name: str) -> Handler:
 
 
 async def _root(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPSeeOther("/chat")
+    return web.Response(status=303, headers={"Location": "/chat"})
 
 
 def _asset(name: str, content_type: str, body: bytes) -> Handler:
@@ -269,6 +269,7 @@ class WebServer:
         self.ready = asyncio.Event()
         self.port: int | None = None
         self.url = ""
+        self.app: web.Application | None = None
         self._stopping = asyncio.Event()
 
     async def serve(self) -> None:
@@ -278,7 +279,8 @@ class WebServer:
         gateway = self.service.gateway
         st = WebState(config, self.service.store, gateway, self.service.models,
                       WebChannel(gateway), WebChannel(gateway, API_PLATFORM), self.platforms)
-        runner = web.AppRunner(build_app(st), access_log=None, handle_signals=False,
+        self.app = build_app(st)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
                                shutdown_timeout=1.0)
         await runner.setup()
         try:
