@@ -89,10 +89,9 @@ async def test_signing_in_sets_a_strict_http_only_cookie_and_logout_ends_it(
         stolen = cookie.value
     assert db_rows(running.service, "select count(*) from web_sessions") == [(0,)]
     # The cookie of the ended session opens nothing, even when replayed by hand.
-    async with client() as replay:
-        async with replay.get(f"{running.url}/api/status",
-                              headers={"Cookie": f"{COOKIE}={stolen}"}) as response:
-            assert response.status == 401
+    async with client() as replay, replay.get(f"{running.url}/api/status",
+                          headers={"Cookie": f"{COOKIE}={stolen}"}) as response:
+        assert response.status == 401
 
 
 async def test_an_expired_session_is_refused(running: WebRunning) -> None:
@@ -173,9 +172,8 @@ async def test_a_guest_token_cannot_reach_admin(running: WebRunning) -> None:
 
 async def test_a_reused_or_expired_sign_in_link_fails(running: WebRunning) -> None:
     link = await running.link()
-    async with client() as first:
-        async with first.get(link, allow_redirects=False) as response:
-            assert response.status == 303
+    async with client() as first, first.get(link, allow_redirects=False) as response:
+        assert response.status == 303
     async with client() as second:
         async with second.get(link, allow_redirects=False) as response:
             assert response.status == 401
