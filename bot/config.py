@@ -472,8 +472,8 @@ def binding_problem(config: Config, spec: BindingSpec) -> str | None:
     if not spec.platform.strip():
         return "a binding needs a platform"
     if config.agents.instances[spec.persona].role == "admin" and not grants_admin(spec):
-        return ("an admin persona is only ever granted in a DM with a known person; "
-                "give --chat-kind dm and --peer ID")
+        return ("an admin persona is only ever granted in a DM with a known person: "
+                "give the chat kind dm and the peer's id")
     return None
 
 
