@@ -281,7 +281,8 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
             from bot.web.server import WebServer
 
             server = WebServer(service, lambda: {a.platform: a.ready.is_set()
-                                                 for a in adapters if a is not server})
+                                                 for a in adapters if a is not server},
+                               required=not config.channels_enabled)
             adapters.append(server)
             announcing = asyncio.create_task(_announce(server))
         log.info("serving %s", ", ".join(a.platform for a in adapters))

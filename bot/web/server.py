@@ -263,9 +263,12 @@ class WebServer:
     platform = "web"
 
     def __init__(self, service: Service,
-                 platforms: Callable[[], Mapping[str, bool]] = dict) -> None:
+                 platforms: Callable[[], Mapping[str, bool]] = dict, *,
+                 required: bool = True) -> None:
         self.service = service
         self.platforms = platforms
+        # Whether a port that cannot be had stops the service (when nothing else would run).
+        self.required = required
         self.ready = asyncio.Event()
         self.port: int | None = None
         self.url = ""
@@ -289,10 +292,14 @@ class WebServer:
             try:
                 await site.start()
             except OSError as exc:
-                raise AdapterStartError(
-                    f"The web pages cannot listen on {config.gateway.bind}:"
-                    f"{config.gateway.port} ({exc.strerror}): set gateway.port to a free "
-                    "port, or gateway.web.enabled to false.") from exc
+                sentence = (f"The web pages cannot listen on {config.gateway.bind}:"
+                            f"{config.gateway.port} ({exc.strerror}): set gateway.port to a "
+                            "free port, or gateway.web.enabled to false.")
+                if self.required:
+                    raise AdapterStartError(sentence) from exc
+                # Beside chat platforms the pages are not worth stopping them for: the
+                # supervisor tries again, with growing pauses, until the port is free.
+                raise OSError(sentence) from exc
             self.port = int(runner.addresses[0][1])
             self.url = st.base_url = base_url(config, self.port)
             await st.chat.resume()
