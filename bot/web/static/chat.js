@@ -143,7 +143,11 @@ recordButton.addEventListener("click", async () => {
   });
   recorder.start();
   recordButton.classList.add("on");
-  recordButton.textContent = "Stop";
+  const tick = () => {
+    recordButton.textContent = `Stop (${Math.floor((performance.now() - started) / 1000)} s)`;
+  };
+  tick();
+  const clock = setInterval(() => (recorder ? tick() : clearInterval(clock)), 250);
 });
 
 $("logout").addEventListener("click", async () => {
