@@ -13,7 +13,7 @@ from bot.events import ChatKind, InboundEvent
 from bot.pairing import redeem
 from bot.store.audit import ToolCallRecord, record_tool_call
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
-from tests.support.helpers import db_rows, system_prompt, user_text
+from tests.support.helpers import db_rows, sent_messages, system_prompt, user_text
 from tests.support.voice import ANSWER, QUESTION, heard
 from tests.support.web import WebRunning, client, events, serving, sign_in, web_config
 
@@ -56,8 +56,7 @@ async def test_the_owner_chats_with_the_admin_persona_and_starts_over(
             assert (await response.json())["messages"] == []
         await _say(browser, running, csrf, "again")
         assert len(running.fake.requests_to("/api/chat")) == 3
-        assert [m["role"] for m in running.fake.requests_to("/api/chat")[-1].body[  # type: ignore[index]
-            "messages"]] == ["system", "user"]
+        assert [m["role"] for m in sent_messages(running.fake)] == ["system", "user"]
     assert user_text(running.fake) == "again"
     assert db_rows(running.service, "select platform, chat_id, state from inbox") == [
         ("web", "owner", "answered")] * 4
