@@ -256,3 +256,26 @@ async def test_hearthbot_run_on_an_exposed_address_stops_with_one_sentence(
     assert line.startswith("hearthbot: Refusing to serve the web pages on 0.0.0.0")
     assert line.count(". ") == 0 and line.endswith(".")
     assert not (data_dir / "hearthbot.db").exists()  # stopped before anything was opened
+
+
+async def test_the_links_hearthbot_web_and_pair_print_sign_in_once(
+        running: WebRunning, cli_env: dict[str, str]) -> None:
+    links = []
+    for command in ("web", "pair"):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", command, env=cli_env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+        assert process.returncode == 0
+        [link] = [word for word in out.decode().split() if "/login?token=" in word]
+        assert link.startswith("http://127.0.0.1:18789/login?token=")
+        links.append(link.replace("http://127.0.0.1:18789", running.url))
+    for link in links:
+        async with client() as browser:
+            async with browser.get(link, allow_redirects=False) as response:
+                assert response.status == 303
+            async with browser.get(f"{running.url}/api/status") as response:
+                assert response.status == 200
+            async with browser.get(link, allow_redirects=False) as response:
+                assert response.status == 401
