@@ -99,7 +99,7 @@ def test_the_owner_signs_in_chats_edits_bindings_and_signs_out(
 
             driver.get(f"{running.url}/dashboard")
             wait_for(driver, lambda d: _binding_row(d, "owner") is not None, "the bindings")
-            wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#latency polyline"),
+            wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#latency circle"),
                      "the latency chart")
             form = driver.find_element(By.ID, "add-binding")
             form.find_element(By.NAME, "platform").send_keys("telegram")

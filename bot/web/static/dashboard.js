@@ -56,6 +56,14 @@ function chart(turns) {
     line.setAttribute("points", points.map((t, i) =>
       `${x(i)},${y(t[`${key}_seconds`] ?? 0)}`).join(" "));
     svg.append(line);
+    points.forEach((t, i) => {  // a dot per turn: one turn alone draws no line
+      const dot = document.createElementNS(SVG, "circle");
+      dot.setAttribute("class", key);
+      dot.setAttribute("cx", x(i));
+      dot.setAttribute("cy", y(t[`${key}_seconds`] ?? 0));
+      dot.setAttribute("r", 3);
+      svg.append(dot);
+    });
   }
 }
 
