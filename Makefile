@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 # the long llama-cpp-python compile shows it is alive; plain lines that read well in CI logs too.
 PIP := $(BIN)/python deploy/with_progress.py $(BIN)/python -m pip install --disable-pip-version-check
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit browser clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hearthbot needs Python 3.11 or newer")'
@@ -39,8 +39,20 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-unit: $(DEV_STAMP)
+unit: $(DEV_STAMP) browser
 	$(BIN)/pytest
+
+# The browser tests drive Debian's Chromium through its own chromedriver (nothing is downloaded
+# at test time). Installed here when missing and running as root, as CI does; elsewhere
+# install them yourself, or the browser tests are skipped outside CI.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing chromium and chromium-driver for the browser tests..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "The browser tests need chromium and chromium-driver: sudo apt-get install chromium chromium-driver"; \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

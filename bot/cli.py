@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from bot.config import (
     BindingSpec,
     Config,
+    binding_problem,
     default_config_path,
-    grants_admin,
     load_config,
     masked_dict,
 )
@@ -31,8 +31,11 @@ from bot.errors import (
 from bot.logs import setup_logging
 
 if TYPE_CHECKING:
+    from adapters.base import Adapter
+    from bot.service import Service
     from bot.store.bindings import Binding
     from bot.turn import TurnResult
+    from bot.web.server import WebServer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -112,6 +115,22 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("text")
     say.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
 
+    web = commands.add_parser("web", help="print a one-time link that signs you in to the "
+                                          "web chat and dashboard")
+    web.set_defaults(handler=_web)
+
+    token = commands.add_parser("token", help="bearer tokens for the OpenAI-compatible endpoint")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="create a token for one persona")
+    create.set_defaults(handler=_token_create)
+    create.add_argument("--persona", required=True, help="the persona its requests get")
+    create.add_argument("--name", default="", help="what the token is for")
+    token_list = token_commands.add_parser("list", help="list the tokens (never their secrets)")
+    token_list.set_defaults(handler=_token_list)
+    revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
+    revoke.set_defaults(handler=_token_revoke)
+    revoke.add_argument("id", type=int)
+
     bindings = commands.add_parser("bindings", help="list the binding table")
     bindings.set_defaults(handler=_list_bindings)
     bindings.add_argument("--platform")
@@ -168,44 +187,80 @@ async def _chat(config: Config, args: argparse.Namespace) -> int:
     return await _terminal_chat(config, args.who, args.once, args.stats)
 
 
-async def _terminal_chat(config: Config, who: str, once: str | None, stats: bool = False) -> int:
-    from adapters.console import ConsoleChat
+async def _announce(server: WebServer) -> None:
+    """Say where the web pages are, once they are."""
+    await server.ready.wait()
+    print(f"Web chat and dashboard: {server.url} (sign in with the link `hearthbot web` "
+          "prints)", file=sys.stderr, flush=True)
+
+
+async def _terminal_chat(config: Config, who: str, once: str | None, stats: bool = False,
+                         web: bool = False) -> int:
     from bot.service import open_service
 
-    async with open_service(config, voice=False) as service:
-        if once is not None:
-            # One-shot questions stand alone: each starts from an empty conversation.
-            console = ConsoleChat(service.gateway, sender=who, chat_id=f"{who}-once")
-            await service.gateway.start_over(console.event(""))
-            result = await console.ask(once)
-            if stats:
-                _print_stats(result)
-            return EXIT_OK if result.answered else EXIT_FAILED
-        console = ConsoleChat(service.gateway, sender=who)
-        resolution = await service.gateway.resolve(console.event(""))
-        persona = service.gateway.personas[resolution.persona]
-        print(f"hearthbot: chatting as {who} with the {persona.name} persona on "
-              f"{service.models.target(persona.model).label}.", file=sys.stderr)
-        print("Loading the model...", file=sys.stderr, flush=True)
-        try:
-            seconds = await service.models.warm(persona.model)
-        except Exception as exc:  # the reply path reports it again, plainly, per message
-            log.warning("warm-up failed: %s", exc)
-        else:
-            print(f"Ready in {seconds:.1f} s. /new starts over, Ctrl-D quits.", file=sys.stderr)
-        await console.repl(on_result=_print_stats if stats else None)
-        return EXIT_OK
+    # The web chat beside the terminal takes voice notes, so speech is loaded for it.
+    async with open_service(config, voice=web) as service:
+        if web:
+            from bot.web.server import WebServer
+
+            server = WebServer(service)
+            serving = asyncio.create_task(server.serve())
+            ready = asyncio.create_task(server.ready.wait())
+            await asyncio.wait([serving, ready], return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if serving.done():
+                serving.result()  # raises the one sentence that says why it cannot listen
+            await _announce(server)
+            try:
+                return await _console(service, config, who, once, stats)
+            finally:
+                await server.stop()
+                await serving
+        return await _console(service, config, who, once, stats)
+
+
+async def _console(service: Service, config: Config, who: str, once: str | None,
+                   stats: bool) -> int:
+    from adapters.console import ConsoleChat
+
+    if once is not None:
+        # One-shot questions stand alone: each starts from an empty conversation.
+        console = ConsoleChat(service.gateway, sender=who, chat_id=f"{who}-once")
+        await service.gateway.start_over(console.event(""))
+        result = await console.ask(once)
+        if stats:
+            _print_stats(result)
+        return EXIT_OK if result.answered else EXIT_FAILED
+    console = ConsoleChat(service.gateway, sender=who)
+    resolution = await service.gateway.resolve(console.event(""))
+    persona = service.gateway.personas[resolution.persona]
+    print(f"hearthbot: chatting as {who} with the {persona.name} persona on "
+          f"{service.models.target(persona.model).label}.", file=sys.stderr)
+    print("Loading the model...", file=sys.stderr, flush=True)
+    try:
+        seconds = await service.models.warm(persona.model)
+    except Exception as exc:  # the reply path reports it again, plainly, per message
+        log.warning("warm-up failed: %s", exc)
+    else:
+        print(f"Ready in {seconds:.1f} s. /new starts over, Ctrl-D quits.", file=sys.stderr)
+    await console.repl(on_result=_print_stats if stats else None)
+    return EXIT_OK
 
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
+    from bot.web.server import check_exposure
+
+    check_exposure(config)  # an exposed port stops the start, before anything is loaded
+    web = config.gateway.web.enabled
     if not config.channels_enabled:
         if sys.stdin.isatty():
             print("No chat platforms are configured; opening the terminal chat instead.",
                   file=sys.stderr)
-            return await _terminal_chat(config, "owner", None)
-        print("No chat platforms are configured (see the channels section of the config); "
-              "nothing to run.", file=sys.stderr)
-        return EXIT_USAGE
+            return await _terminal_chat(config, "owner", None, web=web)
+        if not web:
+            print("No chat platforms are configured (see the channels section of the config) "
+                  "and the web pages are off; nothing to run.", file=sys.stderr)
+            return EXIT_USAGE
     from adapters import build_adapters
     from bot.service import open_service, serve_platforms
 
@@ -221,9 +276,19 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopping.set)
-        log.info("serving %s", ", ".join(config.channels_enabled))
-        failure = await serve_platforms(service, build_adapters(config, service.gateway),
-                                        stopping)
+        adapters: list[Adapter] = list(build_adapters(config, service.gateway))
+        if web:
+            from bot.web.server import WebServer
+
+            server = WebServer(service, lambda: {a.platform: a.ready.is_set()
+                                                 for a in adapters if a is not server},
+                               required=not config.channels_enabled)
+            adapters.append(server)
+            announcing = asyncio.create_task(_announce(server))
+        log.info("serving %s", ", ".join(a.platform for a in adapters))
+        failure = await serve_platforms(service, adapters, stopping)
+        if web:
+            announcing.cancel()
         if failure is not None:
             print(f"hearthbot: {failure.user_message}", file=sys.stderr)
             return EXIT_FAILED
@@ -244,16 +309,11 @@ async def _bind(config: Config, args: argparse.Namespace) -> int:
     from bot.service import open_store
     from bot.store.bindings import add_binding
 
-    if args.persona not in config.agents.instances:
-        print(f"hearthbot: unknown persona {args.persona!r} (expected one of: "
-              f"{', '.join(sorted(config.agents.instances))})", file=sys.stderr)
-        return EXIT_USAGE
     spec = BindingSpec(persona=args.persona, platform=args.platform, chat_kind=args.chat_kind,
                        peer=args.peer, group=args.group, account=args.account, note=args.note)
-    role = config.agents.instances[args.persona].role
-    if role == "admin" and not grants_admin(spec):
-        print("hearthbot: an admin persona is only ever granted in a DM with a known person; "
-              "give --chat-kind dm and --peer ID", file=sys.stderr)
+    refused = binding_problem(config, spec)
+    if refused is not None:
+        print(f"hearthbot: {refused}", file=sys.stderr)
         return EXIT_USAGE
     async with open_store(config) as store:
         binding = await add_binding(store, spec)
@@ -270,6 +330,75 @@ async def _pair(config: Config, args: argparse.Namespace) -> int:
     minutes = int(CODE_LIFETIME.total_seconds() // 60)
     print(f"Pairing code: {display(code)} (valid for {minutes} minutes)")
     print(f"Send  /pair {code}  to the bot in a direct message to make that chat yours.")
+    if config.gateway.web.enabled:
+        await _print_sign_in_link(config)
+    return EXIT_OK
+
+
+async def _web(config: Config, args: argparse.Namespace) -> int:
+    if not config.gateway.web.enabled:
+        print("hearthbot: the web pages are off (gateway.web.enabled)", file=sys.stderr)
+        return EXIT_USAGE
+    await _print_sign_in_link(config)
+    return EXIT_OK
+
+
+async def _print_sign_in_link(config: Config) -> None:
+    from bot.service import open_store
+    from bot.web.server import sign_in_link
+
+    async with open_store(config) as store:
+        link = await sign_in_link(config, store)
+    minutes = config.gateway.web.link_minutes
+    print(f"Sign in to the web chat and dashboard (the link works once, for {minutes:g} "
+          f"minutes, while `hearthbot run` is running):\n  {link}")
+
+
+async def _token_create(config: Config, args: argparse.Namespace) -> int:
+    persona: str = args.persona
+    from bot.service import open_store
+    from bot.store.web import create_api_token
+
+    if persona not in config.agents.instances:
+        print(f"hearthbot: unknown persona {persona!r} (expected one of: "
+              f"{', '.join(sorted(config.agents.instances))})", file=sys.stderr)
+        return EXIT_USAGE
+    async with open_store(config) as store:
+        token, secret = await create_api_token(store, persona, args.name)
+    print(f"token {token.id} for the {persona} persona; it is shown only this once:")
+    print(secret)
+    return EXIT_OK
+
+
+async def _token_list(config: Config, args: argparse.Namespace) -> int:
+    from bot.service import open_store
+    from bot.store.web import list_api_tokens
+
+    async with open_store(config) as store:
+        tokens = await list_api_tokens(store)
+    if not tokens:
+        print("no API tokens")
+    for token in tokens:
+        used = token.last_used_at.strftime("%Y-%m-%d %H:%M") if token.last_used_at else "never"
+        state = (f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at
+                 else "active")
+        name = f"  ({token.name})" if token.name else ""
+        print(f"{token.id:>4}  {token.persona:<10} created {token.created_at:%Y-%m-%d %H:%M}  "
+              f"last used {used}  {state}{name}")
+    return EXIT_OK
+
+
+async def _token_revoke(config: Config, args: argparse.Namespace) -> int:
+    token_id: int = args.id
+    from bot.service import open_store
+    from bot.store.web import revoke_api_token
+
+    async with open_store(config) as store:
+        revoked = await revoke_api_token(store, token_id)
+    if revoked is None:
+        print(f"hearthbot: there is no token {token_id}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"token {token_id} revoked")
     return EXIT_OK
 
 

@@ -71,9 +71,29 @@ def _default_providers() -> dict[str, ProviderSpec]:
 
 
 @dataclass(frozen=True)
+class WebSpec:
+    """The web chat, the owner's dashboard and the OpenAI-compatible endpoint, served on
+    `gateway.bind`:`gateway.port`."""
+
+    enabled: bool = True
+    # Binding to anything but loopback is refused unless this is true, and even then only with
+    # TLS (tls_cert and tls_key) or behind the reverse proxy named in trusted_proxy.
+    allow_remote: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # The address the reverse proxy connects from; any other peer is refused.
+    trusted_proxy: str | None = None
+    # The address people type, when it is not http://bind:port (a proxy's https://name).
+    public_url: str | None = None
+    session_hours: float = 12.0
+    link_minutes: float = 10.0
+
+
+@dataclass(frozen=True)
 class GatewaySpec:
     port: int = 18789
     bind: str = "127.0.0.1"
+    web: WebSpec = field(default_factory=WebSpec)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     providers: dict[str, ProviderSpec] = field(default_factory=_default_providers)
     # On SIGTERM/SIGINT, replies under way get this long to finish before the service exits;
@@ -174,6 +194,13 @@ def _default_bindings() -> tuple[BindingSpec, ...]:
             chat_kind="dm",
             peer="owner",
             note="the local terminal is the owner",
+        ),
+        BindingSpec(
+            persona="admin",
+            platform="web",
+            chat_kind="dm",
+            peer="owner",
+            note="the owner, signed in to the web chat with a one-time link",
         ),
     )
 
@@ -440,6 +467,19 @@ def grants_admin(binding: BindingSpec) -> bool:
     """Whether a binding is narrow enough to carry the admin role: one DM with a named peer."""
     peer = (binding.peer or "").strip()
     return binding.chat_kind == "dm" and peer not in ("", "*")
+
+
+def binding_problem(config: Config, spec: BindingSpec) -> str | None:
+    """Why a binding added at run time (the CLI, the dashboard) cannot be made, or None."""
+    if spec.persona not in config.agents.instances:
+        return (f"unknown persona {spec.persona!r} (expected one of: "
+                f"{', '.join(sorted(config.agents.instances))})")
+    if not spec.platform.strip():
+        return "a binding needs a platform"
+    if config.agents.instances[spec.persona].role == "admin" and not grants_admin(spec):
+        return ("an admin persona is only ever granted in a DM with a known person: "
+                "give the chat kind dm and the peer's id")
+    return None
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -191,3 +191,10 @@ class AdapterStartError(HearthbotError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, user_message=detail)
+
+
+# --- the gateway port -----------------------------------------------------------------------
+
+class WebRefused(AdapterStartError):
+    """The web pages cannot be served as configured (an exposed address, a port in use); the
+    message is one sentence saying what to change."""

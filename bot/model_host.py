@@ -23,6 +23,9 @@ class ModelHost:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._providers: dict[str, ChatProvider] = {}
+        # Models warmed in this process, with their cold-start seconds: what the dashboard
+        # shows as resident (nothing unloads a model yet).
+        self.warmed: dict[str, float] = {}
 
     def target(self, reference: str | None) -> ModelTarget:
         """The provider and model for a reference (validated at config load)."""
@@ -38,6 +41,7 @@ class ModelHost:
         started = time.perf_counter()
         await target.provider.warm(target.model)
         seconds = time.perf_counter() - started
+        self.warmed[target.label] = seconds
         log.info("model %s warm in %.2f s", target.label, seconds)
         return seconds
 
@@ -45,3 +49,4 @@ class ModelHost:
         for provider in self._providers.values():
             await provider.close()
         self._providers.clear()
+        self.warmed.clear()

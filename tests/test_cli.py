@@ -114,11 +114,45 @@ async def test_forget_removes_one_chats_history(data_dir: Path, cli_env: dict[st
     assert (code, out) == (0, "nothing was stored for chat 555\n")
 
 
-async def test_run_without_platforms_and_no_terminal_says_so(cli_env: dict[str, str]) -> None:
-    code, out, err = await hearthbot("run", env=cli_env)
+async def test_run_without_platforms_web_pages_or_terminal_says_so(
+        tmp_path: Path, cli_env: dict[str, str]) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"gateway": {"web": {"enabled": False}}}))
+    code, out, err = await hearthbot("--config", str(config), "run", env=cli_env)
     assert (code, out) == (2, "")
     assert err.startswith("No chat platforms are configured")
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_run_without_platforms_or_terminal_serves_the_web_pages(
+        tmp_path: Path, fake_ollama: FakeOllama, cli_env: dict[str, str]) -> None:
+    import signal
+
+    import aiohttp
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "gateway": {"port": 0, "providers": {"home": {
+            "type": "ollama", "base_url": fake_ollama.base_url,
+            "models": [{"id": "llama3.2:3b"}]}}},
+        "agents": {"default": {"active_model": "home/llama3.2:3b"}}}))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "--config", str(tmp_path / "config.json"), "run",
+        env=cli_env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        lines: list[str] = []
+        while not any(line.startswith("Web chat and dashboard: ") for line in lines):
+            line = await asyncio.wait_for(process.stderr.readline(), timeout=120)
+            assert line, "".join(lines)
+            lines.append(line.decode())
+        url = next(line for line in lines if line.startswith("Web chat")).split()[4]
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/chat") as page:
+            assert page.status == 401
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0
 
 
 async def test_run_on_a_terminal_opens_the_chat(tmp_path: Path, fake_ollama: FakeOllama,
