@@ -78,6 +78,21 @@ class HttpBackend:
             raise ProviderError(f"{self.name}: {path} answered something other than JSON: "
                                 f"{response.text[:200]!r}") from exc
 
+    async def get_json(self, path: str, within: float) -> object:
+        try:
+            response = await self.client.get(path, timeout=within)
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeout(f"{self.name}: {path} took longer than {within:g} s") from exc
+        except httpx.TransportError as exc:
+            raise ProviderUnavailable(f"{self.name}: cannot reach {path}: {exc!r}") from exc
+        if response.status_code >= 400:
+            raise self.status_error(response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ProviderError(f"{self.name}: {path} answered something other than JSON: "
+                                f"{response.text[:200]!r}") from exc
+
     def status_error(self, response: httpx.Response) -> ProviderError:
         detail = response.text[:300]
         where = f"{self.name}: {response.request.method} {response.request.url.path}"
