@@ -100,6 +100,20 @@ class ManagedServer:
             raise ProviderUnavailable(
                 f"{self.provider}: the managed server is not back after {within:g} s") from None
 
+    async def healthy(self, within: float) -> bool:
+        """Whether the server answers its health check within `within` seconds (a crashed
+        one is restarted meanwhile)."""
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
+            while self._wanted:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(self.health_url)).status_code == 200:
+                        return True
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(HEALTH_POLL_SECONDS)
+        return False
+
     async def stop(self) -> None:
         """Stop the server and everything it started; returns once they are gone."""
         self._wanted = False

@@ -127,12 +127,23 @@ class _ResidentStream:
             started = time.perf_counter()
             first: float | None = None
             tokens: int | None = None
-            async for delta in provider.stream(spec, messages, params, tools):
-                if first is None and isinstance(delta, TextDelta):
-                    first = time.perf_counter() - started
-                if isinstance(delta, StreamEnd):
-                    tokens = delta.completion_tokens
-                yield delta
+            retried = said = False
+            while True:
+                try:
+                    async for delta in provider.stream(spec, messages, params, tools):
+                        said = True
+                        if first is None and isinstance(delta, TextDelta):
+                            first = time.perf_counter() - started
+                        if isinstance(delta, StreamEnd):
+                            tokens = delta.completion_tokens
+                        yield delta
+                    break
+                except ProviderUnavailable:
+                    # A managed server that died just now is being restarted: a request that
+                    # found it gone waits for it once, instead of failing the turn.
+                    if said or retried or not await self._host._managed_recovered(label):
+                        raise
+                    retried = True
             self._host.state.last_turn = TurnFigures(label, datetime.now(UTC), first, tokens,
                                                      time.perf_counter() - started)
         finally:
@@ -418,6 +429,16 @@ class ModelHost:
         server = self._servers.get(provider_name)
         if server is not None and spec.managed is not None:
             await server.ready(spec.managed.start_timeout)
+
+    async def _managed_recovered(self, label: str) -> bool:
+        """After a failed request: whether the label's managed server answers again (it was
+        restarted); False when there is none."""
+        provider_name, spec, _ = self._resolve(label)
+        server = self._servers.get(provider_name)
+        if server is None or spec.managed is None:
+            return False
+        log.info("%s did not answer; waiting for its managed server", label)
+        return await server.healthy(spec.managed.start_timeout)
 
     async def _leave(self) -> None:
         async with self._cond:
