@@ -168,3 +168,21 @@ async def test_a_server_that_exits_at_start_fails_with_its_last_words(
                                  "last output: error: unknown flag --bogus")
     (server,) = host.status().managed
     assert server.state == "stopped" and server.pid is None
+
+
+def test_the_config_refuses_a_managed_server_it_could_not_run_here(data_dir: Path) -> None:
+    from bot.errors import ConfigError
+
+    remote = server_provider(8080) | {"base_url": "http://192.168.1.20:8080/v1"}
+    with pytest.raises(ConfigError) as raised:
+        make_config(data_dir, gateway={"providers": {"llama": remote}},
+                    agents={"default": {"active_model": LABEL}})
+    assert raised.value.user_message == (
+        "config error at gateway.providers.llama.base_url: a managed server runs on this "
+        "machine; base_url must name 127.0.0.1, ::1 or localhost, not '192.168.1.20'")
+    embedded = {"type": "embedded", "managed": {"command": ["x"]},
+                "models": [{"id": "smollm2"}]}
+    with pytest.raises(ConfigError) as raised:
+        make_config(data_dir, gateway={"providers": {"llama": embedded}},
+                    agents={"default": {"active_model": LABEL}})
+    assert raised.value.path == "gateway.providers.llama.managed"
