@@ -36,7 +36,7 @@ def server_provider(port: int, command: list[str] | None = None) -> dict[str, An
     command = command or [
         sys.executable, "-m", "llama_cpp.server", "--model", "{path}", "--model_alias",
         "{model}", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-        "--n_threads", "1"]
+        "--n_threads", "1", "--n_threads_batch", "1"]
     return {"type": "openai-compat", "base_url": f"http://127.0.0.1:{port}/v1",
             "first_token_timeout": 120, "read_timeout": 60,
             "managed": {"command": command, "start_timeout": 120},
