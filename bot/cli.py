@@ -318,6 +318,8 @@ def status_lines(status: dict[str, Any]) -> list[str]:
 
     resident = "resident" if status.get("resident") == status.get("active") else \
         f"not resident ({status.get('state')})"
+    if status.get("waiting_for_replies"):
+        resident += f", waiting for {status['waiting_for_replies']} replies to finish"
     lines = [f"service      running, pid {status.get('pid')}, since {status.get('started_at')}",
              f"model        {status.get('active')}: {resident}",
              f"cold start   {seconds(status.get('cold_start_seconds'))} "

@@ -87,6 +87,8 @@ async def switch_model(host: ModelHost, name: str) -> tuple[bool, str]:
     """Make `name` the active model; whether it worked, and the sentence that says so.
     Shared by /model and `hearthbot model use`."""
     try:
+        if host.label(name) == host.state.active == host.state.resident:
+            return True, f"{_named(host, host.state.active)} is already the active model."
         seconds = await host.switch(name)
     except ModelDoesNotFit as exc:
         return False, f"{exc}; {_named(host, host.state.active)} stays active."

@@ -87,6 +87,7 @@ class Residency:
     last_error: str | None = None
     switches: int = 0
     rewarms: int = 0
+    waiting_for_replies: int = 0  # a switch waits for these, under way on the old model
     last_turn: TurnFigures | None = None
     memory_needed_gb: float | None = None
     memory_available_gb: float | None = None
@@ -323,12 +324,18 @@ class ModelHost:
                     return 0.0
                 self._switching = True
                 self.state.state = "switching" if self.state.resident else "loading"
+                if self._busy:
+                    log.info("switching to %s once %d replies under way finish", label,
+                             self._busy)
+                self.state.waiting_for_replies = self._busy
                 try:
                     await asyncio.wait_for(self._cond.wait_for(lambda: self._busy == 0),
                                            self._spec.switch_wait_seconds)
                 except TimeoutError:
                     log.warning("%d replies still under way after %g s; switching anyway",
                                 self._busy, self._spec.switch_wait_seconds)
+                finally:
+                    self.state.waiting_for_replies = 0
             try:
                 seconds = await self._replace(label, why)
                 self._busy += enter
@@ -443,6 +450,8 @@ class ModelHost:
     async def _leave(self) -> None:
         async with self._cond:
             self._busy -= 1
+            if self.state.waiting_for_replies:
+                self.state.waiting_for_replies = self._busy
             self._cond.notify_all()
 
     # --- keeping warm ---------------------------------------------------------------------

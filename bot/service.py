@@ -212,6 +212,7 @@ async def status_report(service: Service, adapters: Sequence[Adapter],
         "cold_start_seconds": residency.cold_start_seconds,
         "loaded_at": residency.loaded_at.isoformat() if residency.loaded_at else None,
         "switches": residency.switches,
+        "waiting_for_replies": residency.waiting_for_replies,
         "rewarms": residency.rewarms,
         "last_error": residency.last_error,
         "last_turn": None if last is None else {

@@ -22,7 +22,7 @@ from bot.config import BUNDLED_MODEL_ID, Config
 from bot.errors import ModelDoesNotFit, ProviderUnavailable
 from bot.model_host import ModelHost
 from bot.service import Service, open_service, serve_platforms
-from tests.fakes.llm_backends import FakeOllama
+from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.fakes.telegram import FakeTelegram
 from tests.support.helpers import make_config, until
 from tests.support.telegram import OWNER as TG_OWNER
@@ -215,6 +215,30 @@ async def test_a_message_sent_during_a_switch_is_answered_by_the_new_model(
     assert texts(fake_tg, TG_OWNER)[0].startswith("Switched to big")
 
 
+async def test_a_reply_under_way_finishes_on_the_old_model_before_it_is_unloaded(
+        data_dir: Path, fake_two: FakeOllama) -> None:
+    hold = asyncio.Event()
+    fake_two.script(ScriptedReply(chunks=("One", " two", " three."), hold=hold))
+    async with open_service(two_models(data_dir, fake_two), voice=False) as service:
+        await service.models.start()
+        guest, guest_out = console(service, GUEST)
+        owner, owner_out = console(service, OWNER)
+        replying = asyncio.create_task(guest.ask("count"))
+        await until(lambda: guest_out.getvalue() == "One", "the reply under way")
+        switching = asyncio.create_task(owner.ask("/model big"))
+        await until(lambda: service.models.state.waiting_for_replies == 1
+                    or len(generate_bodies(fake_two)) > 1, "the switch waiting for the reply")
+        assert [b["keep_alive"] for b in generate_bodies(fake_two)] == ["24h"], \
+            "nothing is unloaded while a reply streams from it"
+        hold.set()
+        result = await replying
+        await switching
+    assert result.answered and guest_out.getvalue() == "One two three.\n"
+    assert fake_two.chat_bodies()[0]["model"] == SMALL
+    assert [b["keep_alive"] for b in generate_bodies(fake_two)] == ["24h", 0, "24h"]
+    assert owner_out.getvalue().startswith("Switched to big")
+
+
 async def test_model_alone_lists_the_registry_with_the_active_one_marked(
         data_dir: Path, fake_two: FakeOllama) -> None:
     async with open_service(two_models(data_dir, fake_two), voice=False) as service:
@@ -237,6 +261,16 @@ async def test_only_the_owner_may_switch(data_dir: Path, fake_two: FakeOllama) -
         assert service.models.state.active == f"ollama/{SMALL}"
     assert out.getvalue() == "/model is only available to the owner.\n"
     assert not any(b["model"] == BIG for b in generate_bodies(fake_two))
+
+
+async def test_switching_to_the_active_model_says_so_and_loads_nothing(
+        data_dir: Path, fake_two: FakeOllama) -> None:
+    async with open_service(two_models(data_dir, fake_two), voice=False) as service:
+        await service.models.start()
+        chat, out = console(service)
+        await chat.ask("/model small")
+    assert out.getvalue() == f"small (`ollama/{SMALL}`) is already the active model.\n"
+    assert len(generate_bodies(fake_two)) == 1
 
 
 async def test_an_unknown_name_changes_nothing(data_dir: Path, fake_two: FakeOllama) -> None:

@@ -78,6 +78,9 @@ class ScriptedReply:
     disconnect_after: int | None = None  # counts streamed lines/events: text, then tool calls
     prompt_tokens: int = 12
     finish_reason: str = "stop"
+    # The stream stops after its first piece until this is set: a test can act while a reply
+    # is under way.
+    hold: asyncio.Event | None = field(default=None, compare=False)
 
     @classmethod
     def calling(cls, *calls: ToolCall, **options: Any) -> ScriptedReply:
@@ -184,6 +187,8 @@ class _FakeBackend(FakeServer):
             if cut is not None and i >= cut:
                 break
             await asyncio.sleep(reply.first_token_delay if i == 0 else reply.token_delay)
+            if i == 1 and reply.hold is not None:
+                await reply.hold.wait()
             first_ns = first_ns or time.monotonic_ns()
             await resp.write(piece)
         if cut is not None:
