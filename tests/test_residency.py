@@ -366,3 +366,29 @@ async def test_a_model_that_fits_is_loaded(data_dir: Path, fake_two: FakeOllama)
         await host.close()
     assert host.state.resident == f"ollama/{BIG}"
     assert host.state.memory_needed_gb == pytest.approx(7.3192)
+
+
+async def test_switching_away_from_the_embedded_model_frees_its_weights(
+        data_dir: Path, fake_two: FakeOllama) -> None:
+    from bot.providers.embedded import EmbeddedProvider
+
+    local = f"local/{BUNDLED_MODEL_ID}"
+    config = make_config(data_dir, gateway={"providers": {
+        "local": {"type": "embedded", "models": [{"id": BUNDLED_MODEL_ID, "max_tokens": 8}]},
+        "ollama": {"type": "ollama", "base_url": fake_two.base_url,
+                   "models": [{"id": SMALL}]}}},
+        agents={"default": {"active_model": local}})
+    host = ModelHost(config)
+    try:
+        await host.start()
+        embedded, _ = host.backend(local)
+        assert isinstance(embedded, EmbeddedProvider)
+        assert await embedded.loaded_models() == [BUNDLED_MODEL_ID]
+        await host.switch(f"ollama/{SMALL}")
+        assert await embedded.loaded_models() == [], "the weights were released"
+        assert fake_two.loaded == [SMALL]
+        await host.switch(local)
+        assert await embedded.loaded_models() == [BUNDLED_MODEL_ID]
+        assert fake_two.loaded == [], "Ollama was told to unload"
+    finally:
+        await host.close()
