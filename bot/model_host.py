@@ -268,15 +268,18 @@ class ModelHost:
         provider, _ = self.backend(label)
         provider_name, spec, _ = self._resolve(label)
         tries, pause = self._spec.wait_tries, self._spec.wait_seconds
+        started = time.monotonic()
         for attempt in range(1, tries + 1):
             try:
                 await provider.ping()
                 return
             except ProviderUnavailable as exc:
                 if attempt == tries:
+                    waited = time.monotonic() - started
                     raise ProviderUnavailable(
                         f"the model server for {label} at {spec.base_url} did not answer "
-                        f"after {tries} tries over {tries * pause:.0f} s; start it (or check "
+                        f"after {tries} tries over {waited:.{0 if waited >= 10 else 1}f} s; "
+                        f"start it (or check "
                         f"gateway.providers.{provider_name}.base_url) and hearthbot loads the "
                         "model when it answers") from exc
                 log.info("waiting for %s (try %d of %d): %s", spec.base_url, attempt, tries,
