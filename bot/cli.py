@@ -6,12 +6,13 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.config import (
     BindingSpec,
@@ -28,6 +29,7 @@ from bot.errors import (
     ProviderError,
     VoiceError,
 )
+from bot.install import SERVICE_MARKER
 from bot.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -134,6 +136,46 @@ def _parser() -> argparse.ArgumentParser:
     bindings = commands.add_parser("bindings", help="list the binding table")
     bindings.set_defaults(handler=_list_bindings)
     bindings.add_argument("--platform")
+
+    status = commands.add_parser("status", help="ask the running service how it is doing")
+    status.set_defaults(handler=_status)
+    status.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+
+    model = commands.add_parser("model", help="list the models, or switch the running "
+                                              "service to another")
+    model.set_defaults(handler=_model_list)
+    model_commands = model.add_subparsers(dest="model_command", metavar="ACTION")
+    model_list = model_commands.add_parser("list", help="list the models (the default)")
+    model_list.set_defaults(handler=_model_list)
+    model_use = model_commands.add_parser("use", help="make NAME the active model, now")
+    model_use.set_defaults(handler=_model_use)
+    model_use.add_argument("name", help="an alias from the model registry, or provider/model")
+
+    warm = commands.add_parser("warm", help="wait for the model backend and load the active "
+                                            "model (what deploy/ensure-model-ready.sh does)")
+    warm.set_defaults(handler=_warm)
+
+    doctor = commands.add_parser("doctor", help="check the setup, one line per check")
+    doctor.set_defaults(handler=_doctor)
+
+    service = commands.add_parser("service", help="run hearthbot as a user service "
+                                                  "(systemd on Linux, launchd on macOS)")
+    service_commands = service.add_subparsers(dest="service_command", required=True,
+                                              metavar="ACTION")
+    for action, handler, text in (
+            ("install", _service_install, "write the unit for this installation and load it"),
+            ("uninstall", _service_uninstall, "stop the service and remove its unit"),
+            ("status", _service_status, "say whether the unit is installed and running")):
+        sub = service_commands.add_parser(action, help=text)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("--unit-dir", type=Path, metavar="DIR",
+                         help="where the unit goes (default: $HEARTHBOT_UNIT_DIR, else "
+                              "~/.config/systemd/user or ~/Library/LaunchAgents)")
+        sub.add_argument("--kind", choices=("systemd", "launchd"),
+                         help="the service manager (default: this system's)")
+        sub.add_argument("--no-load", action="store_true",
+                         help="only write (or remove) the file; do not ask the service "
+                              "manager to load, start or stop anything")
     return parser
 
 
@@ -142,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
+        if args.handler is _doctor:  # a broken config is one of the things it reports
+            return asyncio.run(_doctor_report(None, exc, args))
         print(f"hearthbot: {exc.user_message}", file=sys.stderr)
         return EXIT_USAGE
     if args.handler is _config_check:  # nothing to open, nothing to log
@@ -149,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return checked
     # Only the long-running service logs to the terminal (or the journal); commands a person
     # types keep their output clean and log to the file.
-    serving = args.command == "run" and bool(config.channels_enabled)
+    # Under a service manager the rotated file is the log; the manager's own file then keeps
+    # only what escapes logging.
+    serving = (args.command == "run" and bool(config.channels_enabled)
+               and not os.environ.get(SERVICE_MARKER))
     setup_logging(config.gateway.log_level, config.secrets(), config.data_path() / "logs",
                   to_stderr=serving)
     try:
@@ -163,9 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def _config_path(args: argparse.Namespace) -> Path | None:
+    path: Path | None = (getattr(args, "config_file", None) or args.config
+                         or default_config_path())
+    return path
+
+
 def _load(args: argparse.Namespace) -> Config:
-    path = getattr(args, "config_file", None) or args.config or default_config_path()
-    config = load_config(path)
+    config = load_config(_config_path(args))
     if args.data_dir is not None:
         config = _with_data_dir(config, args.data_dir)
     return config
@@ -266,12 +318,16 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
 
     async with open_service(config) as service:
         try:
-            await service.models.warm()
+            seconds = await service.models.start()
         except ProviderError as exc:
-            # Keep serving: the backend may come up later, and each reply says so until then.
+            # Keep serving: the backend may come up later (the service keeps checking), and
+            # each reply says so until then.
             log.warning("the model is not ready: %s", exc)
-            print(f"hearthbot: the model is not ready yet ({exc}); starting anyway.",
-                  file=sys.stderr)
+            print(f"hearthbot: the model is not ready: {exc}. Serving anyway; it is loaded "
+                  "as soon as it can be.", file=sys.stderr)
+        else:
+            log.info("cold start: %s loaded and warm in %.2f s", service.models.state.active,
+                     seconds)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -294,6 +350,223 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
             return EXIT_FAILED
         log.info("stopped")
     return EXIT_OK
+
+
+async def _ask_service(config: Config, body: dict[str, object],
+                       within: float = 30.0) -> dict[str, object] | None:
+    from bot import control
+
+    try:
+        return await control.request(control.socket_path(config.data_path()), body, within)
+    except control.ServiceNotRunning:
+        return None
+
+
+async def _status(config: Config, args: argparse.Namespace) -> int:
+    answer = await _ask_service(config, {"op": "status"})
+    if answer is None:
+        print(f"hearthbot is not running (nothing answers for {config.data_path()}); "
+              f"the configured model is {config.agents.default.active_model}.")
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return EXIT_OK
+    for line in status_lines(answer):
+        print(line)
+    return EXIT_OK
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """The running service's figures, one line per subject."""
+    def seconds(value: object) -> str:
+        return f"{value:.2f} s" if isinstance(value, int | float) else "-"
+
+    resident = "resident" if status.get("resident") == status.get("active") else \
+        f"not resident ({status.get('state')})"
+    if status.get("waiting_for_replies"):
+        resident += f", waiting for {status['waiting_for_replies']} replies to finish"
+    lines = [f"service      running, pid {status.get('pid')}, since {status.get('started_at')}",
+             f"model        {status.get('active')}: {resident}",
+             f"cold start   {seconds(status.get('cold_start_seconds'))} "
+             f"(loaded at {status.get('loaded_at') or '-'}; {status.get('switches')} switches, "
+             f"{status.get('rewarms')} re-warms after eviction)"]
+    if status.get("last_error"):
+        lines.append(f"last error   {status['last_error']}")
+    last = status.get("last_turn")
+    if isinstance(last, dict):
+        speed = last.get("tokens_per_second")
+        lines.append(f"last turn    {last.get('model')} at {last.get('at')}: first token "
+                     f"{seconds(last.get('first_token_seconds'))}, "
+                     f"{last.get('completion_tokens')} tokens in "
+                     f"{seconds(last.get('total_seconds'))}"
+                     + (f", {speed:.1f} tokens/s" if isinstance(speed, int | float) else ""))
+    else:
+        lines.append("last turn    none yet")
+    memory = status.get("memory") or {}
+    rss, free, need = memory.get("rss_bytes"), memory.get("available_bytes"), \
+        memory.get("model_needs_gb")
+    lines.append("memory       " + ", ".join(part for part in (
+        f"this process {rss / 1e6:.0f} MB" if isinstance(rss, int) else "",
+        f"{free / 1e9:.2f} GB available" if isinstance(free, int) else "",
+        f"model estimate {need:.2f} GB" if isinstance(need, int | float) else "") if part))
+    adapters = status.get("adapters") or []
+    lines.append("adapters     " + (", ".join(
+        f"{a['platform']} {'connected' if a['connected'] else 'not connected'}"
+        for a in adapters) or "none"))
+    lines.append(f"inbox        {status.get('inbox_depth')} waiting")
+    for server in status.get("managed") or []:
+        lines.append(f"managed      {server['provider']}: {server['state']}, pid "
+                     f"{server['pid']}, {server['restarts']} restarts, "
+                     f"start {seconds(server['started_seconds'])}")
+    return lines
+
+
+async def _model_list(config: Config, args: argparse.Namespace) -> int:
+    from bot.commands import model_list
+    from bot.model_host import ModelHost
+
+    answer = await _ask_service(config, {"op": "use"})
+    if answer is not None:
+        print(answer.get("text") or answer.get("error"))
+        return EXIT_OK
+    host = ModelHost(config)
+    print(model_list(host).replace("Switch with /model NAME.",
+                                   "(The service is not running; this is the configured "
+                                   "active model.)"))
+    return EXIT_OK
+
+
+async def _model_use(config: Config, args: argparse.Namespace) -> int:
+    answer = await _ask_service(config, {"op": "use", "model": args.name}, within=900.0)
+    if answer is None:
+        print("hearthbot: the service is not running; start it, or set "
+              "agents.default.active_model in the config", file=sys.stderr)
+        return EXIT_FAILED
+    text = str(answer.get("text") or answer.get("error") or "")
+    print(text, file=sys.stdout if answer.get("ok") else sys.stderr)
+    return EXIT_OK if answer.get("ok") else EXIT_FAILED
+
+
+async def _warm(config: Config, args: argparse.Namespace) -> int:
+    """Wait (bounded) for the backend and load the active model. With the service running,
+    it is the service's model that is (re-)warmed; otherwise the backend is asked directly."""
+    from bot.model_host import ModelHost
+
+    answer = await _ask_service(config, {"op": "warm"}, within=900.0)
+    if answer is not None:
+        print(answer.get("text") or answer.get("error"),
+              file=sys.stdout if answer.get("ok") else sys.stderr)
+        return EXIT_OK if answer.get("ok") else EXIT_FAILED
+    host = ModelHost(config)
+    _, spec, _ = config.resolve_model(None)
+    if spec.type == "embedded" or spec.managed is not None:
+        # The weights live in the service's own process (or the server it starts): loading
+        # them here would only be thrown away. What can be checked is that they would load.
+        try:
+            need = await host.memory_need(host.label(None))
+            await host.check_memory(host.label(None), None)
+        except ProviderError as exc:
+            print(f"hearthbot: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            await host.close()
+        size = f" (about {need.peak_gb:.2f} GB at its peak)" if need else ""
+        print(f"{host.label(None)} is loaded by the service itself when it starts{size}; "
+              "nothing to warm beforehand.")
+        return EXIT_OK
+    try:
+        seconds = await host.start()
+    except ProviderError as exc:
+        log.warning("warm-up failed: %s", exc)
+        print(f"hearthbot: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        await host.close()
+    print(f"{host.label(None)} is loaded and warm ({seconds:.2f} s).")
+    return EXIT_OK
+
+
+async def _doctor(config: Config, args: argparse.Namespace) -> int:
+    return await _doctor_report(config, None, args)
+
+
+async def _doctor_report(config: Config | None, error: ConfigError | None,
+                         args: argparse.Namespace) -> int:
+    from bot.config import default_data_dir
+    from bot.doctor import run_checks
+
+    data_dir = config.data_path() if config else (args.data_dir or default_data_dir())
+    checks = await run_checks(config, error, _config_path(args), data_dir)
+    for check in checks:
+        for line in check.lines():
+            print(line)
+    failed = sum(c.level == "fail" for c in checks)
+    warned = sum(c.level == "warn" for c in checks)
+    print(f"{failed} failed, {warned} warnings, {len(checks) - failed - warned} ok")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _service_install(config: Config, args: argparse.Namespace) -> int:
+    from bot import install
+
+    plan = install.plan(config, _config_path(args), args.kind, args.unit_dir)
+    install.write(plan)
+    print(f"wrote {plan.unit_path}")
+    print(f"  runs: {' '.join(plan.arguments)}")
+    print(f"  logs: {plan.log_file} and {config.data_path() / 'logs' / 'hearthbot.log'}")
+    verdict = install.verify(plan)
+    label = {True: "verified", False: "PROBLEM", None: "not verified"}[verdict.ok]
+    print(f"  {label}: {verdict.text}")
+    if verdict.ok is False:
+        return EXIT_FAILED
+    if args.no_load:
+        print("  not loaded (--no-load); to load it: "
+              + "; ".join(" ".join(c) for c in install.load_commands(plan)))
+        return EXIT_OK
+    loaded, problem = install.run_all(install.load_commands(plan))
+    if not loaded:
+        print(f"hearthbot: the unit is written but not loaded: {problem}", file=sys.stderr)
+        return EXIT_FAILED
+    print("  loaded and started; it starts at login and restarts when it crashes")
+    return EXIT_OK
+
+
+async def _service_uninstall(config: Config, args: argparse.Namespace) -> int:
+    from bot import install
+
+    plan = install.plan(config, _config_path(args), args.kind, args.unit_dir)
+    if not args.no_load:
+        stopped, problem = install.run_all(install.unload_commands(plan))
+        if not stopped:
+            log.warning("stopping the service: %s", problem)
+            print(f"  could not stop it: {problem}", file=sys.stderr)
+    if not plan.unit_path.exists():
+        print(f"nothing installed at {plan.unit_path}")
+        return EXIT_OK
+    plan.unit_path.unlink()
+    if not args.no_load and plan.kind == "systemd":
+        install.run_all([["systemctl", "--user", "daemon-reload"]])
+    print(f"removed {plan.unit_path}")
+    return EXIT_OK
+
+
+async def _service_status(config: Config, args: argparse.Namespace) -> int:
+    from bot import install
+
+    plan = install.plan(config, _config_path(args), args.kind, args.unit_dir)
+    if not plan.unit_path.exists():
+        print(f"not installed (no {plan.unit_path}); `hearthbot service install` writes it")
+        return EXIT_FAILED
+    current = plan.unit_path.read_text(encoding="utf-8") == install.render(plan)
+    print(f"installed at {plan.unit_path}"
+          + ("" if current else " (written for other paths or options; `hearthbot service "
+                               "install` rewrites it)"))
+    if not args.no_load:
+        print(f"service manager: {install.manager_state(plan)}")
+    answer = await _ask_service(config, {"op": "ping"}, within=5.0)
+    print("the service answers on its control socket" if answer else
+          "the service does not answer on its control socket")
+    return EXIT_OK if current else EXIT_FAILED
 
 
 def _print_stats(result: TurnResult) -> None:

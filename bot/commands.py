@@ -10,7 +10,9 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from bot.errors import ModelDoesNotFit, ProviderError
 from bot.events import InboundEvent
+from bot.model_host import ModelHost
 from bot.pairing import redeem
 from bot.store import Store
 from bot.store.history import start_new_session
@@ -29,6 +31,7 @@ class CommandCall:
     persona: Persona
     store: Store
     admin_persona: str | None
+    models: ModelHost | None = None
 
 
 Handler = Callable[[CommandCall], Awaitable[str]]
@@ -71,10 +74,67 @@ async def _pair(call: CommandCall) -> str:
     return result.message
 
 
+async def _model(call: CommandCall) -> str:
+    host = call.models
+    if host is None:
+        return "Switching models is not available here."
+    if not call.argument:
+        return model_list(host)
+    return (await switch_model(host, call.argument))[1]
+
+
+async def switch_model(host: ModelHost, name: str) -> tuple[bool, str]:
+    """Make `name` the active model; whether it worked, and the sentence that says so.
+    Shared by /model and `hearthbot model use`."""
+    try:
+        if host.label(name) == host.state.active == host.state.resident:
+            return True, f"{_named(host, host.state.active)} is already the active model."
+        seconds = await host.switch(name)
+    except ModelDoesNotFit as exc:
+        return False, f"{exc}; {_named(host, host.state.active)} stays active."
+    except ProviderError as exc:
+        if exc.user_message == str(exc):  # an unknown name: the sentence says it all
+            return False, exc.user_message
+        return False, (f"Could not load {name}: {exc.user_message} "
+                       f"{_named(host, host.state.active)} stays active.")
+    return True, (f"Switched to {_named(host, host.state.active)}, loaded in {seconds:.1f} s."
+                  + _pinned_note(host))
+
+
+def model_list(host: ModelHost) -> str:
+    """The registry, the active model marked; shared by /model and `hearthbot model`."""
+    lines = ["Models:"]
+    for line in host.registry():
+        marks = [word for word, on in (("active", line.active), ("loaded", line.resident))
+                 if on]
+        name = f"{line.alias}: " if line.alias else ""
+        lines.append(f"- {name}{line.name}, `{line.label}`"
+                     + (f" ({', '.join(marks)})" if marks else ""))
+    lines.append("Switch with /model NAME.")
+    return "\n".join(lines)
+
+
+def _named(host: ModelHost, label: str) -> str:
+    alias = next((line.alias for line in host.registry() if line.label == label), None)
+    return f"{alias} (`{label}`)" if alias else f"`{label}`"
+
+
+def _pinned_note(host: ModelHost) -> str:
+    others = {persona: label for persona, label in host.pinned().items()
+              if label != host.state.active}
+    if not others:
+        return ""
+    listed = ", ".join(f"{persona} uses `{label}`" for persona, label in sorted(others.items()))
+    return (f" Personas that name their own model still switch to it for their turns "
+            f"({listed}).")
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("new", "start a fresh conversation", _new),
     Command("whoami", "say which persona answers you", _whoami),
     Command("pair", "pair this DM with the owner's code from `hearthbot pair`", _pair),
+    Command("model", "list the models, or switch to another: /model NAME", _model,
+            roles=OWNER),
     Command("help", "list the commands", _help),
     Command("start", "say hello", _start, listed=False),
 )

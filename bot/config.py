@@ -7,6 +7,7 @@ hints so that every error can name the exact key path and what was expected ther
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from bot.errors import ConfigError
 
@@ -33,9 +35,28 @@ class ModelSpec:
     context_window: int = 2048
     max_tokens: int = 512
     capabilities: tuple[str, ...] = ()
-    # Embedded provider only: a GGUF file (llama.cpp) or an MLX folder / hub id. None = bundled.
+    # Embedded provider: a GGUF file (llama.cpp) or an MLX folder / hub id; None = bundled.
+    # Managed provider: the weights its server loads (the memory check reads their size, and
+    # "{path}" in the managed command stands for it).
     path: str | None = None
     engine: Literal["llama-cpp", "mlx"] | None = None
+
+
+@dataclass(frozen=True)
+class ManagedSpec:
+    """A model server that hearthbot starts, health-checks, restarts and stops itself.
+
+    In `command`, "{model}" stands for the model id and "{path}" for the model's `path`, so one
+    provider can serve several models, one at a time.
+    """
+
+    command: tuple[str, ...]
+    # Asked until it answers 200; None: "{base_url}/models" (OpenAI-compatible) or
+    # "/api/version" (Ollama).
+    health_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    # From the start of the process to a healthy answer, model loading included.
+    start_timeout: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +72,9 @@ class ProviderSpec:
     first_token_timeout: float = 120.0
     # Longest silence tolerated between two pieces of a streaming reply.
     read_timeout: float = 60.0
+    # Embedded provider: the engine's thread count; None: measured default (embedded.py).
     threads: int | None = None
+    managed: ManagedSpec | None = None
 
 
 def _default_providers() -> dict[str, ProviderSpec]:
@@ -90,6 +113,23 @@ class WebSpec:
 
 
 @dataclass(frozen=True)
+class ResidencySpec:
+    """Keeping exactly one model loaded and warm."""
+
+    # At start, the backend is asked this many times, this far apart, before giving up on it
+    # (the service keeps running and loads the model once the backend answers).
+    wait_tries: int = 30
+    wait_seconds: float = 2.0
+    # How often to check that the model is still loaded (Ollama evicts under memory pressure)
+    # and to load it again if it is not.
+    check_seconds: float = 60.0
+    # Refuse to load a model whose estimated peak memory exceeds what is available.
+    memory_check: bool = True
+    # A switch waits this long for replies under way on the previous model to finish.
+    switch_wait_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class GatewaySpec:
     port: int = 18789
     bind: str = "127.0.0.1"
@@ -102,6 +142,7 @@ class GatewaySpec:
     # How long the owner has to approve a call to a tool under a persona's `tools.ask`; no
     # answer in that time means no.
     approval_seconds: float = 120.0
+    residency: ResidencySpec = field(default_factory=ResidencySpec)
 
 
 @dataclass(frozen=True)
@@ -407,6 +448,13 @@ def _check_references(config: Config) -> Config:
                               f"required for a provider of type {provider.type}")
         if not provider.models:
             raise ConfigError(f"{where}.models", "at least one model is required")
+        if provider.managed is not None:
+            _check_managed(provider, where)
+    residency = config.gateway.residency
+    if residency.wait_tries < 1 or residency.wait_seconds < 0 or residency.check_seconds <= 0:
+        raise ConfigError("gateway.residency",
+                          "wait_tries must be 1 or more, wait_seconds 0 or more and "
+                          "check_seconds more than 0")
     known = sorted(f"{n}/{m.id}" for n, p in config.gateway.providers.items() for m in p.models)
 
     def check(ref: str | None, where: str) -> None:
@@ -446,6 +494,33 @@ def _check_references(config: Config) -> Config:
                 'with one named person: set chat_kind "dm" and the peer\'s id (not "*")',
             )
     return config
+
+
+def _check_managed(provider: ProviderSpec, where: str) -> None:
+    assert provider.managed is not None
+    if provider.type == "embedded":
+        raise ConfigError(f"{where}.managed",
+                          "an embedded model runs inside hearthbot; only an ollama or "
+                          "openai-compat provider can have a managed server")
+    if not provider.managed.command:
+        raise ConfigError(f"{where}.managed.command",
+                          "the command that starts the server is required")
+    host = urlsplit(provider.base_url or "").hostname or ""
+    if not is_local_url(provider.base_url):
+        raise ConfigError(f"{where}.base_url",
+                          f"a managed server runs on this machine; base_url must name "
+                          f"127.0.0.1, ::1 or localhost, not {host!r}")
+
+
+def is_local_url(url: str | None) -> bool:
+    """Whether a backend URL names this machine (its memory is ours to budget)."""
+    host = urlsplit(url or "").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_tool_policy(policy: ToolPolicy, where: str) -> None:

@@ -78,6 +78,20 @@ class ContextOverflow(ProviderError):
     user_message = "That was too long for the model to read at once. Try something shorter."
 
 
+class ModelDoesNotFit(ProviderError):
+    """Loading the model would need more memory than the machine has free; it was not loaded.
+
+    `str(error)` is the sentence for the owner, with both figures."""
+
+    user_message = ("The model is too large for the memory free on this machine right now. "
+                    "The owner needs to free memory or choose a smaller model.")
+
+    def __init__(self, detail: str, needed_gb: float, available_gb: float) -> None:
+        super().__init__(detail)
+        self.needed_gb = needed_gb
+        self.available_gb = available_gb
+
+
 # --- voice ----------------------------------------------------------------------------------
 
 class VoiceError(HearthbotError):

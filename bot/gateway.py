@@ -162,7 +162,7 @@ class Gateway:
         if command is not None:
             name, argument = command
             text = await commands.run(name, commands.CommandCall(
-                event, argument, persona, self.store, self._admin_persona))
+                event, argument, persona, self.store, self._admin_persona, self.models))
             return await self._finish(inbox_id, event, reply, text, MessageStatus.ANSWERED)
         if not (event.text.strip() or event.voice):  # a bare mention, a sticker, a photo
             text = GREETING if event.mentioned else UNSUPPORTED

@@ -5,21 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import func, select
+
+from bot import commands, control
 from bot.approvals import ASKER_GRACE_SECONDS, Approvals
 from bot.config import Config
-from bot.errors import AdapterStartError
+from bot.errors import AdapterStartError, ProviderError
+from bot.events import MessageStatus
 from bot.gateway import Gateway
+from bot.memory_fit import available_memory_bytes, process_rss_bytes
 from bot.model_host import ModelHost
 from bot.store import Store
 from bot.store.bindings import seed_bindings
 from bot.store.retention import prune_history
+from bot.store.tables import InboxRow
 from bot.tools import ToolGate, build_tools
 from persona import build_personas
 
@@ -121,6 +130,8 @@ async def serve_platforms(service: Service, adapters: Sequence[Adapter],
                    for a in adapters]
     stopped = asyncio.create_task(stopping.wait())
     upkeep = asyncio.create_task(_keep_tidy(service))
+    warmth = asyncio.create_task(keep_warm(service))
+    socket = await _open_control(service, adapters)
     try:
         done, _ = await asyncio.wait([*supervisors, stopped],
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -130,9 +141,12 @@ async def serve_platforms(service: Service, adapters: Sequence[Adapter],
         await asyncio.gather(*(a.stop() for a in adapters), return_exceptions=True)
         await asyncio.gather(*supervisors, return_exceptions=True)
     finally:
-        for task in (*supervisors, stopped, upkeep):
+        if socket is not None:
+            socket.close()
+            control.remove(control.socket_path(service.config.data_path()))
+        for task in (*supervisors, stopped, upkeep, warmth):
             task.cancel()
-        await asyncio.gather(*supervisors, stopped, upkeep, return_exceptions=True)
+        await asyncio.gather(*supervisors, stopped, upkeep, warmth, return_exceptions=True)
     assert failure is None or isinstance(failure, AdapterStartError)
     return failure
 
@@ -147,3 +161,77 @@ async def _keep_tidy(service: Service) -> None:
         except Exception:
             log.exception("pruning old history failed; trying again in an hour")
         await asyncio.sleep(PRUNE_EVERY_SECONDS)
+
+
+async def keep_warm(service: Service) -> None:
+    """Check the active model every `residency.check_seconds`: loaded again when its backend
+    evicted it anyway, or loaded at last when the backend was not up at start."""
+    every = service.config.gateway.residency.check_seconds
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await service.models.keep_warm()
+        except ProviderError as exc:
+            log.warning("keeping the model warm failed: %s", exc)
+        except Exception:
+            log.exception("keeping the model warm failed")
+
+
+async def _open_control(service: Service, adapters: Sequence[Adapter]) -> asyncio.Server | None:
+    started = datetime.now(UTC)
+
+    async def status(_: dict[str, Any]) -> dict[str, Any]:
+        return await status_report(service, adapters, started)
+
+    async def use(body: dict[str, Any]) -> dict[str, Any]:
+        name = str(body.get("model") or "")
+        if not name:
+            return {"text": commands.model_list(service.models)}
+        switched, text = await commands.switch_model(service.models, name)
+        return {"ok": switched, "text": text}
+
+    async def warm(_: dict[str, Any]) -> dict[str, Any]:
+        seconds = await service.models.warm()
+        return {"text": f"{service.models.state.active} is loaded and warm ({seconds:.2f} s)."}
+
+    try:
+        return await control.serve(control.socket_path(service.config.data_path()),
+                                   {"status": status, "use": use, "warm": warm})
+    except OSError as exc:
+        log.error("cannot open the control socket: %s", exc)
+        return None
+
+
+async def status_report(service: Service, adapters: Sequence[Adapter],
+                        started: datetime) -> dict[str, Any]:
+    """What `hearthbot status` prints, as JSON data."""
+    residency = service.models.status()
+    async with service.store.read() as session:
+        depth = (await session.execute(
+            select(func.count()).select_from(InboxRow)
+            .where(InboxRow.state == MessageStatus.RECEIVED))).scalar_one()
+    last = residency.last_turn
+    return {
+        "pid": os.getpid(),
+        "started_at": started.isoformat(),
+        "active": residency.active,
+        "resident": residency.resident,
+        "state": residency.state,
+        "cold_start_seconds": residency.cold_start_seconds,
+        "loaded_at": residency.loaded_at.isoformat() if residency.loaded_at else None,
+        "switches": residency.switches,
+        "waiting_for_replies": residency.waiting_for_replies,
+        "rewarms": residency.rewarms,
+        "last_error": residency.last_error,
+        "last_turn": None if last is None else {
+            "model": last.label, "at": last.at.isoformat(),
+            "first_token_seconds": last.first_token_seconds,
+            "completion_tokens": last.completion_tokens,
+            "tokens_per_second": last.tokens_per_second, "total_seconds": last.total_seconds},
+        "memory": {"rss_bytes": process_rss_bytes(),
+                   "available_bytes": available_memory_bytes(),
+                   "model_needs_gb": residency.memory_needed_gb},
+        "adapters": [{"platform": a.platform, "connected": a.ready.is_set()} for a in adapters],
+        "inbox_depth": depth,
+        "managed": [dataclasses.asdict(m) for m in residency.managed],
+    }

@@ -1,18 +1,9 @@
 #!/bin/sh
-# Wait (bounded) for a model server to answer before the gateway starts, so the first
-# message is not the one that discovers the backend is still loading.
-# Usage: ensure-model-ready.sh [URL] [TRIES]   (default: Ollama on 127.0.0.1:11434, 30 tries)
-# With the embedded model there is nothing to wait for: the gateway loads it itself.
-url="${1:-${HEARTHBOT_MODEL_URL:-}}"
-tries="${2:-30}"
-[ -z "$url" ] && exit 0
-i=0
-while [ "$i" -lt "$tries" ]; do
-  if curl -fsS -o /dev/null --max-time 2 "$url"; then
-    exit 0
-  fi
-  i=$((i + 1))
-  sleep 2
-done
-echo "model server at $url did not answer after $tries tries" >&2
-exit 1
+# Wait (bounded) for the model backend and load the active model before traffic arrives, so
+# the first message is not the one that discovers the backend is still loading.
+# Usage: ensure-model-ready.sh [hearthbot options, e.g. --config FILE]
+# This is `hearthbot warm`: it asks the backend gateway.residency.wait_tries times,
+# wait_seconds apart, then loads the model with keep_alive (Ollama) or a one-token completion
+# (OpenAI-compatible servers). With the service running, the service's own model is warmed.
+# `hearthbot run` does the same at start, so a service unit needs no separate step.
+exec "${HEARTHBOT:-hearthbot}" "$@" warm

@@ -71,7 +71,8 @@ async def test_backend_down_is_one_plain_sentence_and_exit_1(tmp_path: Path,
     assert (code, out) == (1, "")
     assert err == "The model isn't reachable right now. Please try again in a moment.\n"
     log = (Path(cli_env["HEARTHBOT_HOME"]) / "logs" / "hearthbot.log").read_text()
-    assert f"cannot reach http://127.0.0.1:{port}/api/chat" in log
+    # The turn's first request is the warm-up that loads the model (it finds nothing loaded).
+    assert f"cannot reach http://127.0.0.1:{port}/api/generate" in log
 
 
 async def test_bind_list_unbind(cli_env: dict[str, str]) -> None:

@@ -118,6 +118,15 @@ class ChatProvider(Protocol):
     async def unload(self, model: ModelSpec) -> None:
         """Release the model (the next model to load needs the memory)."""
 
+    async def ping(self) -> None:
+        """Return when the backend answers at all; ProviderUnavailable when it does not."""
+
+    async def loaded_models(self) -> list[str] | None:
+        """The models the backend holds in memory now; None when it cannot tell."""
+
+    async def model_size(self, model: ModelSpec) -> int | None:
+        """The size of the model's weights in bytes, as the backend reports it; None if not."""
+
     async def close(self) -> None: ...
 
 

@@ -166,6 +166,25 @@ def template_message(message: ChatMessage) -> dict[str, object]:
     return out
 
 
+def default_threads() -> int:
+    """The engine's thread count when the config gives none (see tests/bench/bench_threads.py).
+
+    llama.cpp's threads spin while they wait for each other, so one that shares its core with
+    another busy process stalls every token: on 2 cores with other work running, 2 threads
+    decoded at a fraction of 1 thread's speed. Half the cores leaves room for the rest of the
+    service (speech, the event loop) and for whatever else the machine runs.
+    """
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+def weights_path(model: ModelSpec) -> Path | None:
+    """Where an embedded model's weights are on disk; None for a hub id not yet downloaded."""
+    if model.path is None:
+        return bundled_model_path()
+    local = Path(model.path).expanduser()
+    return local if local.exists() else None
+
+
 def open_engine(model: ModelSpec, threads: int) -> Engine:
     """Load a model's weights; this is slow and must run off the event loop."""
     if model.path is None:
@@ -181,6 +200,11 @@ def open_engine(model: ModelSpec, threads: int) -> Engine:
     return MlxEngine(str(local) if local.exists() else model.path)
 
 
+def _one_token(engine: Engine) -> None:
+    engine.generate([ChatMessage("user", "Hi")], GenerationParams(), 1, lambda _: None,
+                    threading.Event())
+
+
 class _Finished:
     def __init__(self, result: Generated) -> None:
         self.result = result
@@ -191,7 +215,7 @@ class EmbeddedProvider(ToolOfferingProvider):
 
     def __init__(self, name: str, spec: ProviderSpec) -> None:
         self.name = name
-        self.threads = spec.threads or os.cpu_count() or 1
+        self.threads = spec.threads or default_threads()
         self._resident: tuple[str, Engine] | None = None
         self._load_lock = asyncio.Lock()
         # One reply at a time: a loaded model is not re-entrant, and two decodes would only
@@ -217,7 +241,22 @@ class EmbeddedProvider(ToolOfferingProvider):
             return engine
 
     async def warm(self, model: ModelSpec) -> None:
-        await self._engine(model)
+        """Load the weights and run one token, so the first reply pays for neither."""
+        async with self._turn_lock:
+            engine = await self._engine(model)
+            await asyncio.get_running_loop().run_in_executor(self._executor, _one_token, engine)
+
+    async def ping(self) -> None:
+        """In-process: there is no server to wait for."""
+
+    async def loaded_models(self) -> list[str] | None:
+        return [self._resident[0]] if self._resident is not None else []
+
+    async def model_size(self, model: ModelSpec) -> int | None:
+        from bot.memory_fit import weights_bytes
+
+        path = weights_path(model)
+        return weights_bytes(path) if path is not None else None
 
     async def unload(self, model: ModelSpec) -> None:
         async with self._load_lock:

@@ -69,7 +69,8 @@ class HttpBackend:
         except httpx.TimeoutException as exc:
             raise ProviderTimeout(f"{self.name}: {path} took longer than {within:g} s") from exc
         except httpx.TransportError as exc:
-            raise ProviderUnavailable(f"{self.name}: cannot reach {path}: {exc!r}") from exc
+            raise ProviderUnavailable(f"{self.name}: cannot reach {self.url(path)}: {exc!r}"
+                                      ) from exc
         if response.status_code >= 400:
             raise self.status_error(response)
         try:
@@ -77,6 +78,25 @@ class HttpBackend:
         except ValueError as exc:
             raise ProviderError(f"{self.name}: {path} answered something other than JSON: "
                                 f"{response.text[:200]!r}") from exc
+
+    async def get_json(self, path: str, within: float) -> object:
+        try:
+            response = await self.client.get(path, timeout=within)
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeout(f"{self.name}: {path} took longer than {within:g} s") from exc
+        except httpx.TransportError as exc:
+            raise ProviderUnavailable(f"{self.name}: cannot reach {self.url(path)}: {exc!r}"
+                                      ) from exc
+        if response.status_code >= 400:
+            raise self.status_error(response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ProviderError(f"{self.name}: {path} answered something other than JSON: "
+                                f"{response.text[:200]!r}") from exc
+
+    def url(self, path: str) -> str:
+        return str(self.client.base_url).rstrip("/") + path
 
     def status_error(self, response: httpx.Response) -> ProviderError:
         detail = response.text[:300]

@@ -88,8 +88,39 @@ class OllamaProvider(ToolOfferingProvider):
             within=self.http.spec.first_token_timeout,
         )
 
+    async def ping(self) -> None:
+        await self.http.get_json("/api/version", within=self.http.spec.connect_timeout)
+
+    async def loaded_models(self) -> list[str] | None:
+        answer = await self.http.get_json("/api/ps", within=self.http.spec.connect_timeout)
+        models = answer.get("models") if isinstance(answer, dict) else None
+        return [str(m.get("name") or m.get("model")) for m in models or []
+                if isinstance(m, dict)]
+
+    async def model_size(self, model: ModelSpec) -> int | None:
+        # /api/show describes the model; versions that report a size say it there. /api/tags
+        # lists every pulled model with its size on disk.
+        show = await self.http.post_json("/api/show", {"model": model.id},
+                                         within=self.http.spec.connect_timeout)
+        if isinstance(show, dict) and int_or_none(show.get("size")):
+            return int_or_none(show.get("size"))
+        tags = await self.http.get_json("/api/tags", within=self.http.spec.connect_timeout)
+        for entry in (tags.get("models") if isinstance(tags, dict) else None) or []:
+            if isinstance(entry, dict) and same_model(str(entry.get("name") or
+                                                          entry.get("model")), model.id):
+                return int_or_none(entry.get("size"))
+        return None
+
     async def close(self) -> None:
         await self.http.close()
+
+
+def same_model(reported: str, configured: str) -> bool:
+    """Ollama names a model with its tag; a bare name means ":latest"."""
+    def tagged(name: str) -> str:
+        return name if ":" in name else f"{name}:latest"
+
+    return tagged(reported) == tagged(configured)
 
 
 def wire_message(message: ChatMessage) -> dict[str, object]:

@@ -157,6 +157,15 @@ class OpenAICompatProvider(ToolOfferingProvider):
     async def unload(self, model: ModelSpec) -> None:
         """The OpenAI API has no unload; a managed server process is stopped instead."""
 
+    async def ping(self) -> None:
+        await self.http.get_json("/models", within=self.http.spec.connect_timeout)
+
+    async def loaded_models(self) -> list[str] | None:
+        return None  # /models lists what a server can serve, not what it holds in memory
+
+    async def model_size(self, model: ModelSpec) -> int | None:
+        return None
+
     async def close(self) -> None:
         await self.http.close()
 

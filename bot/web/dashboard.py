@@ -51,12 +51,14 @@ def _memory() -> dict[str, float | None]:
 
 async def _status(request: web.Request) -> web.StreamResponse:
     st = state(request)
-    label = st.models.target(None).label
+    residency = st.models.state
     turns = await recent_turns(st.store)
     platforms = {"web": True, **st.platforms()}
     return web.json_response({
-        "model": {"active": label, "resident": label in st.models.warmed,
-                  "cold_start_seconds": st.models.warmed.get(label)},
+        "model": {"active": residency.active,
+                  "resident": residency.resident == residency.active,
+                  "state": residency.state,
+                  "cold_start_seconds": residency.cold_start_seconds},
         "turns": [{"at": _when(t.at), "persona": t.persona, "model": t.model,
                    "status": t.status, "first_token_seconds": t.first_token_seconds,
                    "total_seconds": t.total_seconds, "tokens": t.completion_tokens,

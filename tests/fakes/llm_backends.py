@@ -21,7 +21,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -78,6 +78,9 @@ class ScriptedReply:
     disconnect_after: int | None = None  # counts streamed lines/events: text, then tool calls
     prompt_tokens: int = 12
     finish_reason: str = "stop"
+    # The stream stops after its first piece until this is set: a test can act while a reply
+    # is under way.
+    hold: asyncio.Event | None = field(default=None, compare=False)
 
     @classmethod
     def calling(cls, *calls: ToolCall, **options: Any) -> ScriptedReply:
@@ -184,6 +187,8 @@ class _FakeBackend(FakeServer):
             if cut is not None and i >= cut:
                 break
             await asyncio.sleep(reply.first_token_delay if i == 0 else reply.token_delay)
+            if i == 1 and reply.hold is not None:
+                await reply.hold.wait()
             first_ns = first_ns or time.monotonic_ns()
             await resp.write(piece)
         if cut is not None:
@@ -233,11 +238,19 @@ class FakeOllama(_FakeBackend):
     _chat_path = "/api/chat"
 
     def __init__(self, models: Sequence[str] = ("llama3.2:3b",), *,
-                 context_length: int = 8192) -> None:
+                 context_length: int = 8192, sizes: Mapping[str, int] | None = None) -> None:
         super().__init__(models)
         self.context_length = context_length
+        self.sizes = dict(sizes or {})  # bytes on disk per model (default: a 3B Q4 model's)
         self.loaded: list[str] = []
         self.peak_loaded = 0  # lets tests assert two models were never resident at once
+        # A model named here loads only once its event is set: a test can hold a switch
+        # half-way and see what happens meanwhile.
+        self.load_gates: dict[str, asyncio.Event] = {}
+
+    def evict(self, model: str) -> None:
+        """Unload a model behind the client's back, as Ollama does under memory pressure."""
+        self._set_loaded(model, False)
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/tags", self._tags)
@@ -267,7 +280,7 @@ class FakeOllama(_FakeBackend):
         details = {"parent_model": "", "format": "gguf", "family": "llama",
                    "families": ["llama"], "parameter_size": "3.2B",
                    "quantization_level": "Q4_K_M"}
-        return {"name": name, "model": name, "size": 2_019_393_189,
+        return {"name": name, "model": name, "size": self.sizes.get(name, 2_019_393_189),
                 "digest": hashlib.sha256(name.encode()).hexdigest(), "details": details}
 
     async def _tags(self, request: web.Request) -> web.Response:
@@ -319,6 +332,8 @@ class FakeOllama(_FakeBackend):
 
         if not (body.get("messages") if chat else body.get("prompt")):
             # Ollama's load/unload idiom: no input, answered at once and never streamed.
+            if not unload and model in self.load_gates:
+                await self.load_gates[model].wait()
             self._set_loaded(model, not unload)
             reason = "unload" if unload else "load"
             return web.json_response(line("", done_reason=reason, done=True), dumps=_dumps)
