@@ -251,6 +251,24 @@ class VoiceSpec:
     unaddressed_per_hour: int = 30
 
 
+@dataclass(frozen=True)
+class ContextSpec:
+    """The context guard. Shares are of the prompt budget: the model's window less the reply's
+    output budget, the tools' schemas and the safety margin."""
+
+    # Once the next request would fill this share of the budget, the oldest turns are folded
+    # into the running summary (after the reply is delivered).
+    summarize_at: float = 0.75
+    # After folding, the turns kept verbatim fill at most this share (never fewer than the
+    # last two exchanges).
+    keep_share: float = 0.4
+    # The running summary may take this share; a longer one counts as a failed summary.
+    summary_share: float = 0.2
+    # Kept free of every request, as a share of the window: token counts of remote backends
+    # are estimates, corrected by what the backend reports.
+    margin: float = 0.05
+
+
 DEFAULT_HISTORY_DAYS = 90
 
 
@@ -270,6 +288,7 @@ class Config:
     channels: ChannelsSpec = field(default_factory=ChannelsSpec)
     voice: VoiceSpec = field(default_factory=VoiceSpec)
     store: StoreSpec = field(default_factory=StoreSpec)
+    context: ContextSpec = field(default_factory=ContextSpec)
     data_dir: str | None = None
 
     def resolve_model(self, reference: str | None) -> tuple[str, ProviderSpec, ModelSpec]:
@@ -368,6 +387,7 @@ def _check_references(config: Config) -> Config:
     if config.store.history_days is not None and config.store.history_days < 0:
         raise ConfigError("store.history_days",
                           "expected a number of days, 0 or more (null or 0: keep forever)")
+    _check_context(config.context)
     for name, provider in config.gateway.providers.items():
         where = f"gateway.providers.{name}"
         if provider.type != "embedded" and not provider.base_url:
@@ -414,6 +434,19 @@ def _check_references(config: Config) -> Config:
                 'with one named person: set chat_kind "dm" and the peer\'s id (not "*")',
             )
     return config
+
+
+def _check_context(spec: ContextSpec) -> None:
+    for key, low, high in (("summarize_at", 0.1, 1.0), ("keep_share", 0.05, 0.9),
+                           ("summary_share", 0.05, 0.5), ("margin", 0.0, 0.5)):
+        value: float = getattr(spec, key)
+        if not low <= value <= high:
+            raise ConfigError(f"context.{key}", f"expected a share between {low:g} and "
+                                                f"{high:g}, got {value:g}")
+    if spec.keep_share + spec.summary_share >= spec.summarize_at:
+        # Otherwise a fresh summary and the kept turns alone would ask for the next summary.
+        raise ConfigError("context.keep_share",
+                          "keep_share plus summary_share must stay below summarize_at")
 
 
 def _check_tool_policy(policy: ToolPolicy, where: str) -> None:
