@@ -14,6 +14,7 @@ from bot.events import InboundEvent
 from bot.pairing import redeem
 from bot.store import Store
 from bot.store.history import start_new_session
+from bot.summaries import ChatContext
 from persona import Persona
 
 ANYONE = frozenset({"admin", "guest"})
@@ -22,13 +23,15 @@ OWNER = frozenset({"admin"})
 
 @dataclass(frozen=True)
 class CommandCall:
-    """What a handler may use: the asking event, the persona the router chose, the store."""
+    """What a handler may use: the asking event, the persona the router chose, the store, and
+    the chat's conversation with that persona as the context guard sees it."""
 
     event: InboundEvent
     argument: str
     persona: Persona
     store: Store
     admin_persona: str | None
+    context: ChatContext | None = None
 
 
 Handler = Callable[[CommandCall], Awaitable[str]]
@@ -60,6 +63,18 @@ async def _new(call: CommandCall) -> str:
     return "Started a fresh conversation."
 
 
+async def _compact(call: CommandCall) -> str:
+    if call.context is None:
+        return "Compacting is not available here."
+    return await call.context.compact()
+
+
+async def _context(call: CommandCall) -> str:
+    if call.context is None:
+        return "The context window cannot be shown here."
+    return await call.context.describe()
+
+
 async def _whoami(call: CommandCall) -> str:
     return f"You are talking to the {call.persona.name} persona ({call.persona.role})."
 
@@ -73,6 +88,8 @@ async def _pair(call: CommandCall) -> str:
 
 COMMANDS: tuple[Command, ...] = (
     Command("new", "start a fresh conversation", _new),
+    Command("compact", "fold the older turns into the summary now", _compact),
+    Command("context", "show how full the model's context window is", _context),
     Command("whoami", "say which persona answers you", _whoami),
     Command("pair", "pair this DM with the owner's code from `hearthbot pair`", _pair),
     Command("help", "list the commands", _help),

@@ -61,7 +61,7 @@ async def open_service(config: Config, *, voice: bool = True) -> AsyncIterator[S
             speech.preload()
         gateway = Gateway(store, models, build_personas(config), speech,
                           ToolGate(store, build_tools(), secrets=config.secrets()),
-                          config.data_path())
+                          config.data_path(), config.context)
         try:
             yield Service(config, store, models, gateway)
         finally:
