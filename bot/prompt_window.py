@@ -91,10 +91,15 @@ def kept_from(history: Sequence[StoredMessage]) -> int:
 
 class TokenMeter:
     """What one model's backend has taught about its tokenizer: the ratio of the prompt counts
-    it reported to the estimates of the same requests. The largest of the recent ratios is
-    used, so a cached or oddly short count never makes the guard less careful."""
+    it reported to the estimates of the same requests.
 
-    SAMPLES = 8
+    The largest of the recent ratios is used, so one short count never makes the guard less
+    careful. A count under half the estimate is not believed: it is what a backend reports when
+    it counts only the prompt tokens it did not have cached (some Ollama versions do).
+    """
+
+    SAMPLES = 32
+    LOWEST = 0.5
 
     def __init__(self) -> None:
         self._ratios: deque[float] = deque(maxlen=self.SAMPLES)
@@ -110,7 +115,9 @@ class TokenMeter:
     def learn(self, estimated: int, reported: int | None) -> None:
         if reported is None or reported <= 0 or estimated <= 0:
             return
-        self._ratios.append(min(max(reported / estimated, 0.25), 4.0))
+        ratio = reported / estimated
+        if ratio >= self.LOWEST:
+            self._ratios.append(min(ratio, 4.0))
 
     def correct(self, estimated: int) -> int:
         return math.ceil(estimated * self.ratio)

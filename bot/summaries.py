@@ -321,7 +321,7 @@ def _transcript(turns: Sequence[StoredMessage], cut: int | None) -> str:
 
 def _summary_request(summary: str, turns: Sequence[StoredMessage], limit: int,
                      cut: int | None = None) -> list[ChatMessage]:
-    words = max(limit * 2 // 3, 12)
+    words = max(limit // 2, 12)  # words run longer than tokens: room to finish a sentence
     body = (f"Summary so far:\n{summary or '(none yet)'}\n\nNew turns:\n"
             f"{_transcript(turns, cut)}\n\nWrite the updated summary.")
     return [ChatMessage("system", SUMMARY_PROMPT.format(words=words)),
@@ -409,7 +409,7 @@ class ChatContext:
         tools = await window.tools_tokens(prompt.messages[0])
         how = ("counted with the model's own tokenizer" if exact
                else "estimated, corrected by the backend's own counts"
-               if window.meter.learned else "estimated (the backend has reported no counts yet)")
+               if window.meter.learned else "estimated (no usable count from the backend yet)")
         share = prompt.tokens / window.size
         lines = [f"Context: {prompt.tokens:,} of {window.size:,} tokens ({share:.0%}), {how}.",
                  f"Set aside: {window.output_tokens:,} for the reply and {window.margin:,} as a "
