@@ -13,15 +13,17 @@ import pytest
 
 from bot.config import Config, GenerationParams, ModelSpec, ProviderSpec
 from bot.errors import ConfigError, ContextOverflow
-from bot.events import ChatKind, InboundEvent, MessageStatus, ReplyFailed, ReplyText
+from bot.events import MessageStatus
 from bot.prompt_window import CUT_NOTE, SUMMARY_HEADING
 from bot.providers import ChatMessage, StreamEnd
 from bot.providers.ollama import OllamaProvider
 from bot.service import Service, open_service
 from bot.summaries import SUMMARY_PROMPT
-from bot.turn import TurnResult
+from persona.personas import ADMIN_PROMPT
 from tests.fakes.llm_backends import FakeOllama, Json, ScriptedReply, ToolCall, prompt_tokens_of
-from tests.support.helpers import db_rows, make_config, until
+from tests.support.chat import Chat
+from tests.support.helpers import db_rows, make_config, sent_messages, until
+from tests.support.telegram import OWNER, Running, texts
 
 WINDOW = 1024
 MAX_TOKENS = 128
@@ -94,31 +96,6 @@ class Backend:
         self.turn = int(found.group(1)) if found else self.turn
         self.order.append(("turn", self.turn))
         return ScriptedReply(chunks=("Noted turn", f" {self.turn}."))
-
-
-class Chat:
-    """The owner at the console, one message at a time, through the real gateway."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.sent = 0
-
-    async def say(self, text: str) -> tuple[TurnResult, str]:
-        self.sent += 1
-        event = InboundEvent(platform="console", chat_id="owner", chat_kind=ChatKind.DM,
-                             sender_id="owner", sender_name="owner",
-                             message_id=f"m{self.sent}", text=text)
-        parts: list[str] = []
-
-        async def deliver(event: InboundEvent, reply: Any) -> None:
-            async for part in reply:
-                if isinstance(part, ReplyText):
-                    parts.append(part.text)
-                elif isinstance(part, ReplyFailed):
-                    parts.append(part.message)
-
-        result = await self.service.gateway.handle(event, deliver)
-        return result, "".join(parts)
 
 
 def stored_summary(service: Service) -> tuple[str, int]:
@@ -343,3 +320,53 @@ async def test_context_settings_are_checked(data_dir: Path) -> None:
 
 async def _drain(stream: Any) -> list[object]:
     return [item async for item in stream]
+
+
+async def test_compact_and_context_over_telegram(running: Running) -> None:
+    tg, llm = running.tg, running.llm
+    menu = [c.params.get("commands") for c in tg.calls_to("setMyCommands")]
+    assert any("compact" in str(m) and "context" in str(m) for m in menu)
+
+    async def say(text: str) -> str:
+        before = len(texts(tg, OWNER))
+        tg.push_text(chat_id=OWNER, from_id=OWNER, text=text)
+        await until(lambda: len(texts(tg, OWNER)) == before + 1, f"the answer to {text}")
+        return texts(tg, OWNER)[-1]
+
+    for text in ("Hi, I'm Ada.", "I live in Lyon.", "I keep bees."):
+        await say(text)
+    command = say
+
+    shown = await command("/context")
+    # The fake here always reports 12 prompt tokens: too few to believe, so nothing is learned.
+    assert re.match(r"Context: \d+ of 8,192 tokens \(\d+%\), estimated \(no usable count "
+                    r"from the backend yet\)\.", shown), shown
+    assert "Set aside: 2,048 for the reply and 410 as a safety margin" in shown
+    assert "Summary: none yet." in shown and "Turns kept word for word: 3." in shown
+    requests = len(llm.chat_bodies())
+
+    llm.script(ScriptedReply(chunks=("Ada lives in Lyon.",)))
+    compacted = await command("/compact")
+    assert re.fullmatch(r"Compacted: 2 older messages folded into the summary \(now \d+ "
+                        r"tokens\)\. The last two exchanges stay word for word\.", compacted)
+    summary_request = llm.chat_bodies()[requests]
+    assert is_summary(summary_request)
+    assert "User: Hi, I'm Ada." in summary_request["messages"][-1]["content"]
+    assert "I live in Lyon." not in summary_request["messages"][-1]["content"]
+
+    shown = await command("/context")
+    assert re.search(r"Summary: \d+ tokens \(18 characters\) of earlier turns\.", shown), shown
+    assert "Turns kept word for word: 2." in shown
+
+    await say("What do I keep?")
+    assert len(llm.chat_bodies()) == requests + 2
+    sent = sent_messages(llm)
+    assert sent[0]["content"] == f"{ADMIN_PROMPT}\n\n{SUMMARY_HEADING}\nAda lives in Lyon."
+    assert [m["content"] for m in sent[1:]] == [
+        "I live in Lyon.", "Hello there.", "I keep bees.", "Hello there.", "What do I keep?"]
+
+    await command("/new")
+    await say("Hello again.")
+    assert await command("/compact") == (
+        "Nothing to compact yet: the conversation is short enough to keep whole (the last "
+        "two exchanges always stay word for word).")
