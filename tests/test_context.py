@@ -239,6 +239,32 @@ async def test_the_next_reply_never_waits_for_a_summary(data_dir: Path) -> None:
         assert backend.order[-1] == ("summary", n + 1)
 
 
+async def test_a_stop_cancels_the_summary_being_written_and_stores_nothing(
+        data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    never = asyncio.Event()  # the summary request is never answered
+    async with FakeOllama(count_tokens=True) as fake:
+        backend = Backend(hold=never)
+        fake.respond_with(backend)
+        config = context_config(data_dir, fake)
+        async with open_service(config, voice=False) as service:
+            chat = Chat(service)
+            keeper = service.gateway.context
+            n = 0
+            while backend.summary_requests == 0:
+                n += 1
+                await chat.say(turn_text(n))
+                await until(lambda: backend.summary_requests > 0 or not keeper.working,
+                            "a summary request, or the keeper at rest")
+            assert keeper.working
+        # Leaving the service settled the gateway: the summary was cancelled before the model
+        # went away, not cut off by it (that would be a failure, and would wait on the model).
+        assert not keeper.working
+        assert not [r for r in caplog.records if "summarizing failed" in r.getMessage()]
+        async with open_service(config, voice=False) as reopened:
+            assert stored_summary(reopened) == ("", 0)
+    assert not never.is_set()
+
 async def test_a_message_too_long_for_the_window_is_cut_and_the_reply_says_so(
         data_dir: Path) -> None:
     huge = "Please read all of this. " + "The quick brown fox jumps over the lazy dog. " * 400
