@@ -183,8 +183,8 @@ class Gateway:
 
     def _chat_context(self, event: InboundEvent, persona: Persona) -> ChatContext:
         tools = tuple(self.tools.specs(persona)) if self.tools is not None else ()
-        return ChatContext(self.context, self.models.target(persona.model), persona, tools,
-                           event.platform, event.chat_id)
+        return ChatContext(self.context, self.models, persona, tools, event.platform,
+                           event.chat_id)
 
     async def _finish(self, inbox_id: int, event: InboundEvent, reply: _ReplyOutlet,
                       text: str, status: MessageStatus) -> TurnResult:

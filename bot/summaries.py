@@ -26,7 +26,7 @@ from typing import cast
 
 from bot.config import ContextSpec, GenerationParams
 from bot.errors import HearthbotError
-from bot.model_host import ModelTarget
+from bot.model_host import ModelHost, ModelTarget
 from bot.prompt_window import (
     TokenMeter,
     Window,
@@ -369,14 +369,19 @@ async def _generate(window: Window, messages: list[ChatMessage], limit: int) -> 
 
 @dataclass(frozen=True)
 class ChatContext:
-    """What `/compact` and `/context` work on: one chat's conversation with one persona."""
+    """What `/compact` and `/context` work on: one chat's conversation with one persona.
+    The model is looked up only when one of them runs."""
 
     keeper: ContextKeeper
-    target: ModelTarget
+    models: ModelHost
     persona: Persona
     tools: tuple[ToolSpec, ...]
     platform: str
     chat_id: str
+
+    @property
+    def target(self) -> ModelTarget:
+        return self.models.target(self.persona.model)
 
     async def _conversation(self) -> Conversation:
         return await open_conversation(self.keeper.store, self.platform, self.chat_id,
@@ -384,7 +389,8 @@ class ChatContext:
 
     async def compact(self) -> str:
         conversation = await self._conversation()
-        job = Job(conversation.session_id, self.target, self.persona, self.tools)
+        target = self.target
+        job = Job(conversation.session_id, target, self.persona, self.tools)
         try:
             folded = await self.keeper.compact(job)
         except HearthbotError as exc:
@@ -394,15 +400,15 @@ class ChatContext:
         if not folded.messages:
             return ("Nothing to compact yet: the conversation is short enough to keep whole "
                     "(the last two exchanges always stay word for word).")
-        window = self.keeper.window(self.target, job.output_tokens, self.tools)
+        window = self.keeper.window(target, job.output_tokens, self.tools)
         tokens = await window.text_tokens(folded.summary)
         return (f"Compacted: {folded.messages} older messages folded into the summary "
                 f"(now {tokens:,} tokens). The last two exchanges stay word for word.")
 
     async def describe(self) -> str:
         conversation = await self._conversation()
-        window = self.keeper.window(self.target, output_budget(self.persona, self.target),
-                                    self.tools)
+        target = self.target
+        window = self.keeper.window(target, output_budget(self.persona, target), self.tools)
         prompt = await window.fit(self.persona.system_prompt, conversation.summary,
                                   conversation.messages, "", False)
         exact = window.exact
