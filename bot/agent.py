@@ -9,13 +9,17 @@ which the adapter replaces with the answer.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from bot.model_host import ModelTarget
 from bot.providers import ChatMessage, StreamEnd, TextDelta, ToolCallDelta, ToolSpec
 from bot.tools import ToolContext, ToolGate, ToolResult
 from persona import Persona
+
+# Fits a request grown by tool traffic back into the window; the int is the index of this
+# turn's own user message (what comes before it may give way).
+Refit = Callable[[list[ChatMessage], int], Awaitable[list[ChatMessage]]]
 
 MAX_STEPS = 8
 BUDGET_SECONDS = 180.0
@@ -40,9 +44,14 @@ class AgentRun:
     completion_tokens: int = 0
     counted: bool = False  # whether the backend reported tokens at all
     finish_reason: str | None = None
+    # The prompt of the first request alone, as the backend counted it: the context guard
+    # measured exactly that request, so the two together calibrate its estimate.
+    first_prompt_tokens: int | None = None
 
     def add(self, end: StreamEnd) -> None:
         self.finish_reason = end.finish_reason
+        if self.steps == 1 and self.first_prompt_tokens is None:
+            self.first_prompt_tokens = end.prompt_tokens
         if end.prompt_tokens is not None or end.completion_tokens is not None:
             self.counted = True
             self.prompt_tokens += end.prompt_tokens or 0
@@ -60,6 +69,7 @@ class AgentLoop:
         self.max_steps = max_steps
         self.budget_seconds = budget_seconds
         self.run = AgentRun()
+        self.refit: Refit | None = None
 
     def tools(self) -> list[ToolSpec]:
         """The schemas offered to the model: the persona's allowed tools, nothing else."""
@@ -69,10 +79,15 @@ class AgentLoop:
                     ) -> AsyncGenerator[TextDelta | ToolStatus, None]:
         """Stream the answer to `messages`, running the tools the model asks for between."""
         history = list(messages)
+        own = len(history) - 1  # this turn's message; tool traffic is appended after it
         tools = self.tools()
         started = time.monotonic()
         while True:
             self.run.steps += 1
+            if self.run.steps > 1 and self.refit is not None:
+                fitted = await self.refit(history, own)
+                own -= len(history) - len(fitted)
+                history = fitted
             said: list[str] = []
             calls: list[ToolCallDelta] = []
             async for delta in self.target.provider.stream(self.target.model, history,

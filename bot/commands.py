@@ -16,6 +16,7 @@ from bot.model_host import ModelHost
 from bot.pairing import redeem
 from bot.store import Store
 from bot.store.history import start_new_session
+from bot.summaries import ChatContext
 from persona import Persona
 
 ANYONE = frozenset({"admin", "guest"})
@@ -24,7 +25,8 @@ OWNER = frozenset({"admin"})
 
 @dataclass(frozen=True)
 class CommandCall:
-    """What a handler may use: the asking event, the persona the router chose, the store."""
+    """What a handler may use: the asking event, the persona the router chose, the store, and
+    the chat's conversation with that persona as the context guard sees it."""
 
     event: InboundEvent
     argument: str
@@ -32,6 +34,7 @@ class CommandCall:
     store: Store
     admin_persona: str | None
     models: ModelHost | None = None
+    context: ChatContext | None = None
 
 
 Handler = Callable[[CommandCall], Awaitable[str]]
@@ -61,6 +64,18 @@ async def _new(call: CommandCall) -> str:
     await start_new_session(call.store, call.event.platform, call.event.chat_id,
                             call.persona.name)
     return "Started a fresh conversation."
+
+
+async def _compact(call: CommandCall) -> str:
+    if call.context is None:
+        return "Compacting is not available here."
+    return await call.context.compact()
+
+
+async def _context(call: CommandCall) -> str:
+    if call.context is None:
+        return "The context window cannot be shown here."
+    return await call.context.describe()
 
 
 async def _whoami(call: CommandCall) -> str:
@@ -131,6 +146,8 @@ def _pinned_note(host: ModelHost) -> str:
 
 COMMANDS: tuple[Command, ...] = (
     Command("new", "start a fresh conversation", _new),
+    Command("compact", "fold the older turns into the summary now", _compact),
+    Command("context", "show how full the model's context window is", _context),
     Command("whoami", "say which persona answers you", _whoami),
     Command("pair", "pair this DM with the owner's code from `hearthbot pair`", _pair),
     Command("model", "list the models, or switch to another: /model NAME", _model,

@@ -322,6 +322,24 @@ class VoiceSpec:
     unaddressed_per_hour: int = 30
 
 
+@dataclass(frozen=True)
+class ContextSpec:
+    """The context guard. Shares are of the prompt budget: the model's window less the reply's
+    output budget, the tools' schemas and the safety margin."""
+
+    # Once the next request would fill this share of the budget, the oldest turns are folded
+    # into the running summary (after the reply is delivered).
+    summarize_at: float = 0.75
+    # After folding, the turns kept verbatim fill at most this share (never fewer than the
+    # last two exchanges).
+    keep_share: float = 0.4
+    # The running summary may take this share; a longer one counts as a failed summary.
+    summary_share: float = 0.2
+    # Kept free of every request, as a share of the window: token counts of remote backends
+    # are estimates, corrected by what the backend reports.
+    margin: float = 0.05
+
+
 DEFAULT_HISTORY_DAYS = 90
 
 
@@ -341,6 +359,7 @@ class Config:
     channels: ChannelsSpec = field(default_factory=ChannelsSpec)
     voice: VoiceSpec = field(default_factory=VoiceSpec)
     store: StoreSpec = field(default_factory=StoreSpec)
+    context: ContextSpec = field(default_factory=ContextSpec)
     data_dir: str | None = None
 
     def resolve_model(self, reference: str | None) -> tuple[str, ProviderSpec, ModelSpec]:
@@ -441,6 +460,7 @@ def _check_references(config: Config) -> Config:
                           "expected a number of days, 0 or more (null or 0: keep forever)")
     if config.gateway.approval_seconds <= 0:
         raise ConfigError("gateway.approval_seconds", "expected a number of seconds above 0")
+    _check_context(config.context)
     for name, provider in config.gateway.providers.items():
         where = f"gateway.providers.{name}"
         if provider.type != "embedded" and not provider.base_url:
@@ -521,6 +541,19 @@ def is_local_url(url: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _check_context(spec: ContextSpec) -> None:
+    for key, low, high in (("summarize_at", 0.1, 1.0), ("keep_share", 0.05, 0.9),
+                           ("summary_share", 0.05, 0.5), ("margin", 0.0, 0.5)):
+        value: float = getattr(spec, key)
+        if not low <= value <= high:
+            raise ConfigError(f"context.{key}", f"expected a share between {low:g} and "
+                                                f"{high:g}, got {value:g}")
+    if spec.keep_share + spec.summary_share >= spec.summarize_at:
+        # Otherwise a fresh summary and the kept turns alone would ask for the next summary.
+        raise ConfigError("context.keep_share",
+                          "keep_share plus summary_share must stay below summarize_at")
 
 
 def _check_tool_policy(policy: ToolPolicy, where: str) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from bot import commands
 from bot.agent import AgentLoop
 from bot.approvals import Approvals
+from bot.config import ContextSpec
 from bot.errors import DeliveryError, HearthbotError, VoiceError
 from bot.events import InboundEvent, MessageStatus, Reply, ReplyPart, ReplyText
 from bot.model_host import ModelHost
@@ -29,6 +30,7 @@ from bot.router import Resolution, resolve
 from bot.store import Store, inbox
 from bot.store.bindings import list_bindings
 from bot.store.history import start_new_session
+from bot.summaries import ChatContext, ContextKeeper
 from bot.tools import ToolContext, ToolGate
 from bot.turn import Deliver, DeliverVoice, Turn, TurnResult
 from persona import Persona
@@ -48,7 +50,8 @@ GREETING = "Yes? Ask me anything."
 class Gateway:
     def __init__(self, store: Store, models: ModelHost, personas: Mapping[str, Persona],
                  speech: Speech | None = None, tools: ToolGate | None = None,
-                 data_dir: Path | None = None, approvals: Approvals | None = None) -> None:
+                 data_dir: Path | None = None, approvals: Approvals | None = None,
+                 context: ContextSpec | None = None) -> None:
         self.store = store
         self.models = models
         self.personas = personas
@@ -62,6 +65,8 @@ class Gateway:
         self.approvals = approvals if approvals is not None else Approvals(store, self._roles)
         self._admin_persona = next((n for n, p in personas.items() if p.role == "admin"), None)
         self._records: set[asyncio.Future[None]] = set()
+        # Token meters and running summaries; its background work stops with `settle`.
+        self.context = ContextKeeper(store, context or ContextSpec(), self._shielded)
         self._unaddressed_voice = _HourlyBudget(speech.spec.unaddressed_per_hour if speech
                                                 else 0)
 
@@ -135,8 +140,12 @@ class Gateway:
             return TurnResult(MessageStatus.FAILED)
 
     async def settle(self) -> None:
-        """Wait for turn records still being written (a stop must not cut one in half)."""
+        """Wait for turn records still being written (a stop must not cut one in half), and
+        stop summarizing: a summary under way is cancelled and stores nothing."""
         while self._records:
+            await asyncio.gather(*list(self._records), return_exceptions=True)
+        await self.context.close()
+        while self._records:  # a summary's write that had begun is finished, not cut
             await asyncio.gather(*list(self._records), return_exceptions=True)
 
     async def _shielded(self, write: Awaitable[None]) -> None:
@@ -162,7 +171,8 @@ class Gateway:
         if command is not None:
             name, argument = command
             text = await commands.run(name, commands.CommandCall(
-                event, argument, persona, self.store, self._admin_persona, self.models))
+                event, argument, persona, self.store, self._admin_persona, self.models,
+                self._chat_context(event, persona)))
             return await self._finish(inbox_id, event, reply, text, MessageStatus.ANSWERED)
         if not (event.text.strip() or event.voice):  # a bare mention, a sticker, a photo
             text = GREETING if event.mentioned else UNSUPPORTED
@@ -174,8 +184,13 @@ class Gateway:
         context = (ToolContext(persona, event.platform, event.chat_id, self.data_dir)
                    if self.data_dir is not None else None)
         agent = AgentLoop(self.models.target(persona.model), persona, self.tools, context)
-        turn = Turn(self.store, agent, inbox_id, event, speaker, self._shielded)
+        turn = Turn(self.store, agent, inbox_id, event, speaker, self._shielded, self.context)
         return await turn.run(reply.deliver, deliver_voice)
+
+    def _chat_context(self, event: InboundEvent, persona: Persona) -> ChatContext:
+        tools = tuple(self.tools.specs(persona)) if self.tools is not None else ()
+        return ChatContext(self.context, self.models, persona, tools, event.platform,
+                           event.chat_id)
 
     async def _finish(self, inbox_id: int, event: InboundEvent, reply: _ReplyOutlet,
                       text: str, status: MessageStatus) -> TurnResult:

@@ -2,12 +2,15 @@
 
 A `Turn` fits the conversation into the model's window, streams the model's reply to the
 adapter (feeding the speaker sentence by sentence when the reply is also spoken), records the
-turn, and only then hands the voice note over. Its progress lives in plain attributes, read by
-the record and the result once the adapter has consumed the stream.
+turn, and only then hands the voice note over. Summarizing the conversation, when it has grown
+long, is handed to the context keeper last, so it never delays this reply or the next one's
+first token. Its progress lives in plain attributes, read by the record and the result once the
+adapter has consumed the stream.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -30,7 +33,8 @@ from bot.events import (
 )
 from bot.providers import ChatMessage
 from bot.store import Store
-from bot.store.history import TurnRecord, open_conversation, save_turn
+from bot.store.history import Conversation, TurnRecord, open_conversation, save_turn
+from bot.summaries import ContextKeeper, Job, output_budget
 
 if TYPE_CHECKING:  # speech pulls in audio libraries; a text-only process never loads them
     from bot.voice.speech import Speaker
@@ -48,6 +52,8 @@ Shield = Callable[[Awaitable[None]], Awaitable[None]]
 DeliverVoice = Callable[[InboundEvent, Awaitable["SpokenClip | None"]], Awaitable[None]]
 
 EMPTY_REPLY = "The model had nothing to say to that. Please try rephrasing."
+CUT_REPLY_NOTE = ("(Your message was too long for me to read whole: I read the first "
+                  "{read:,} of its {total:,} characters.)\n\n")
 DELIVERY_FAILED = "delivery failed"
 
 
@@ -75,9 +81,11 @@ class TurnResult:
 
 class Turn:
     def __init__(self, store: Store, agent: AgentLoop, inbox_id: int,
-                 event: InboundEvent, speaker: Speaker | None, shield: Shield) -> None:
+                 event: InboundEvent, speaker: Speaker | None, shield: Shield,
+                 context: ContextKeeper) -> None:
         self.store = store
         self.agent = agent
+        self.context = context
         self.target = agent.target
         self.persona = agent.persona
         self.inbox_id = inbox_id
@@ -89,18 +97,22 @@ class Turn:
         self.first_token_at: datetime | None = None
         self.first_token_seconds: float | None = None
         self.failure: str | None = None
+        self.prompt: prompt_window.Prompt | None = None
+        self._learned = False
 
     async def run(self, send: SendReply, deliver_voice: DeliverVoice | None) -> TurnResult:
         conversation = await open_conversation(self.store, self.event.platform,
                                                self.event.chat_id, self.persona.name)
-        output_tokens = self.persona.params.max_tokens or self.target.model.max_tokens
-        messages = prompt_window.fit_messages(
-            self.persona.system_prompt, conversation.messages, self.event.text,
-            self.event.transcribed, self.target.model, output_tokens, conversation.summary,
-            reserved_tokens=prompt_window.schema_tokens(self.agent.tools()))
+        tools = tuple(self.agent.tools())
+        window = self.context.window(self.target, output_budget(self.persona, self.target),
+                                     tools)
+        self.agent.refit = functools.partial(self._refit, window)
         try:
-            async with aclosing(self._reply(messages)) as stream:
-                await send(stream)
+            # From the measuring to the last token the backend is this reply's: a summary
+            # being written on it stops and waits.
+            with self.context.replying(self.target):
+                async with aclosing(self._reply(window, conversation)) as stream:
+                    await send(stream)
         except DeliveryError as exc:  # the platform refused: a known failure, no traceback
             log.warning("delivering the reply to %s chat %s failed: %s", self.event.platform,
                         self.event.chat_id, exc)
@@ -112,10 +124,14 @@ class Turn:
         # The final message is out: from here to the record is the window in which a crash
         # would answer this message again, so nothing else happens in between.
         await self.shield(self._record(conversation.session_id))
+        self._learn(window)
         # Recorded before speaking: once the text is delivered the message is answered, and a
         # restart during synthesis must not answer it again.
         if self.speaker is not None and deliver_voice is not None:
             await self._speak(deliver_voice)
+        if self.status is MessageStatus.ANSWERED:
+            self.context.after_turn(Job(conversation.session_id, self.target, self.persona,
+                                        tools))
         result = TurnResult(self.status, self.first_token_seconds,
                             time.perf_counter() - self.started, self._completion_tokens)
         log.info("%s turn in %s chat %s: persona=%s model=%s first token %s s, %.2f s in all, "
@@ -125,6 +141,20 @@ class Turn:
                  else "-", result.total_seconds or 0.0, result.completion_tokens)
         return result
 
+    def _learn(self, window: prompt_window.Window) -> None:
+        """Once per turn: what the backend counted for the first request corrects the guard's
+        estimate for this model."""
+        if (self.prompt is not None and self.agent.run.first_prompt_tokens is not None
+                and not self._learned):
+            window.learn(self.prompt.estimate, self.agent.run.first_prompt_tokens)
+            self._learned = True
+
+    async def _refit(self, window: prompt_window.Window, messages: list[ChatMessage],
+                     own: int) -> list[ChatMessage]:
+        # The first request's count is in by now: the grown request is measured with it.
+        self._learn(window)
+        return await window.refit(messages, own)
+
     @property
     def _completion_tokens(self) -> int | None:
         return self.agent.run.completion_tokens if self.agent.run.counted else None
@@ -133,9 +163,25 @@ class Turn:
     def status(self) -> MessageStatus:
         return MessageStatus.FAILED if self.failure else MessageStatus.ANSWERED
 
-    async def _reply(self, messages: list[ChatMessage]) -> AsyncGenerator[ReplyPart, None]:
+    async def _reply(self, window: prompt_window.Window,
+                     conversation: Conversation) -> AsyncGenerator[ReplyPart, None]:
         try:
-            async for delta in self.agent.reply(messages):
+            self.prompt = prompt = await window.fit(
+                self.persona.system_prompt, conversation.summary, conversation.messages,
+                self.event.text, self.event.transcribed)
+            if prompt.left_out:
+                log.warning("%s chat %s: %d earlier messages are not summarized and do not "
+                            "fit the window; they are left out of this request",
+                            self.event.platform, self.event.chat_id, prompt.left_out)
+            if prompt.summary_dropped:
+                log.warning("%s chat %s: the message leaves no room for the summary; it is left "
+                            "out of this request", self.event.platform, self.event.chat_id)
+            if prompt.cut is not None:
+                read, total = prompt.cut
+                log.info("%s message %s cut to %d of %d characters to fit the window",
+                         self.event.platform, self.event.message_id, read, total)
+                yield ReplyText(CUT_REPLY_NOTE.format(read=read, total=total))
+            async for delta in self.agent.reply(prompt.messages):
                 if isinstance(delta, ToolStatus):
                     yield ReplyStatus(delta.text)
                     continue

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import pytest
 
 from bot.config import BUNDLED_MODEL_ID, GenerationParams, ModelSpec, ProviderSpec
 from bot.errors import ContextOverflow
-from bot.providers import ChatMessage, StreamEnd, TextDelta, ToolCallDelta, ToolSpec
+from bot.providers import ChatMessage, Delta, StreamEnd, TextDelta, ToolCallDelta, ToolSpec
 from bot.providers.embedded import EmbeddedProvider, template_message
 
 MODEL = ModelSpec(id=BUNDLED_MODEL_ID, context_window=2048, max_tokens=48)
@@ -167,3 +168,78 @@ async def test_a_call_written_as_text_by_an_embedded_model_is_recovered(
     # A model without the tools capability gets no schemas, and its text stays text.
     assert offered == [(FILE_READ,), ()]
     assert not any(isinstance(d, ToolCallDelta) for d in plain)
+
+
+async def test_thirty_turns_with_the_bundled_model_stay_in_the_window(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real model, counted with its own tokenizer: every request (turns and summaries)
+    fits the window, and the fact from turn 1 travels on in the summary alone."""
+    from bot.service import open_service
+    from bot.summaries import SUMMARY_PROMPT
+    from tests.support.chat import Chat
+    from tests.support.helpers import db_rows, make_config
+
+    window, reply_tokens = 1024, 48
+    seen: list[tuple[list[ChatMessage], int, int | None]] = []  # messages, max tokens, counted
+    written: list[str] = []  # what each request produced
+    generate = EmbeddedProvider.generate
+
+    async def recording(self: EmbeddedProvider, model: ModelSpec,
+                        messages: Sequence[ChatMessage], params: GenerationParams,
+                        tools: Sequence[ToolSpec]) -> AsyncIterator[Delta]:
+        pieces: list[str] = []
+        async for delta in generate(self, model, messages, params, tools):
+            if isinstance(delta, TextDelta):
+                pieces.append(delta.text)
+            if isinstance(delta, StreamEnd):
+                written.append("".join(pieces))
+                seen.append((list(messages), params.max_tokens or model.max_tokens,
+                             delta.prompt_tokens))
+            yield delta
+
+    monkeypatch.setattr(EmbeddedProvider, "generate", recording)
+    config = make_config(data_dir, gateway={"providers": {"local": {"type": "embedded", "models": [
+        {"id": BUNDLED_MODEL_ID, "context_window": window, "max_tokens": reply_tokens}]}}},
+        agents={"default": {"active_model": f"local/{BUNDLED_MODEL_ID}"}})
+    fact = "Hello! My cat's name is Biscuit. Please remember that."
+    asks = ["What is the weather like in spring?", "Give me a quick pasta idea.",
+            "How do I water tomato plants?", "Write a line about the sea.",
+            "Why is the sky blue?", "Suggest a name for a goldfish.", "How can I sleep better?",
+            "How do bicycles stay upright?", "Tell me a fact about owls.",
+            "What should I pack for a picnic?"]
+    async with open_service(config, voice=False) as service:
+        await service.models.warm()
+        chat = Chat(service)
+        answers = []
+        for n in range(1, 31):
+            text = fact if n == 1 else ("What is my cat's name?" if n == 30
+                                        else asks[n % len(asks)])
+            result, answer = await chat.say(text)
+            answers.append(answer)
+            assert result.answered, answer
+            await service.gateway.context.idle()
+        [(summary, through)] = db_rows(service, "select summary, summary_through from sessions")
+        target = service.models.target(None)
+        provider = target.provider
+        assert isinstance(provider, EmbeddedProvider)
+        counted = [await provider.count_tokens(target.model, messages)
+                   for messages, _, _ in seen]
+    largest = max(reported + budget for _, budget, reported in seen if reported is not None)
+    opening = SUMMARY_PROMPT.split(".")[0]
+    summaries = [s for s in seen if s[0][0].content.startswith(opening)]
+    last_turn = [s for s in seen if s not in summaries][-1][0]
+    print(f"\nembedded, 30 turns: largest request {largest} of {window} tokens "
+          f"({len(seen)} requests, {len(summaries)} of them summaries)")
+    for (messages, _, _), text in zip(seen, written, strict=True):
+        if messages[0].content.startswith(opening):
+            print(f"summary written: {text!r}")
+    print(f"stored summary: {summary!r}\nturn 30 answer: {answers[-1]!r}")
+    assert largest <= window
+    # The guard's counts are llama.cpp's own (its count after decoding may differ by a token).
+    assert all(c is not None and r is not None and abs(c - r) <= 2
+               for c, (_, _, r) in zip(counted, seen, strict=True)), (counted, seen)
+    assert summaries and isinstance(summary, str) and summary
+    assert isinstance(through, int) and through > 2
+    # Turn 1 is no longer sent word for word: what reaches the model of it is the summary.
+    assert all(fact not in m.content for m in last_turn)
+    assert last_turn[0].content.endswith(summary)

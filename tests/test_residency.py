@@ -218,7 +218,7 @@ async def test_a_message_sent_during_a_switch_is_answered_by_the_new_model(
 async def test_a_reply_under_way_finishes_on_the_old_model_before_it_is_unloaded(
         data_dir: Path, fake_two: FakeOllama) -> None:
     hold = asyncio.Event()
-    fake_two.script(ScriptedReply(chunks=("One", " two", " three."), hold=hold))
+    fake_two.script(ScriptedReply(chunks=("One", " two", " three."), pause_after_first=hold))
     async with open_service(two_models(data_dir, fake_two), voice=False) as service:
         await service.models.start()
         guest, guest_out = console(service, GUEST)

@@ -13,7 +13,13 @@ from sqlalchemy import select, text, update
 from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.store import Store, inbox
 from bot.store.db import SCHEMA_HEAD
-from bot.store.history import StoredMessage, open_conversation, start_new_session
+from bot.store.history import (
+    StoredMessage,
+    messages_between,
+    open_conversation,
+    save_summary,
+    start_new_session,
+)
 from bot.store.retention import Removed, forget_chat, prune_history
 from bot.store.tables import InboxRow, MessageRow, SessionRow, TurnRow, utcnow
 from tests.support.helpers import converse, make_config
@@ -121,6 +127,52 @@ async def test_upgrade_from_a_previous_version_keeps_the_data(data_dir: Path,
             (SCHEMA_HEAD,)]
         assert db.execute("select count(*) from pairing_codes").fetchone() == (0,)
         assert db.execute("select attempts, sent from inbox").fetchall() == [(1, None)]
+
+
+async def test_upgrade_to_0005_keeps_each_summary_covering_nothing_yet(data_dir: Path) -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from bot.store.db import MIGRATIONS_DIR
+
+    url = make_config(data_dir).store_url()
+    store = Store(url)
+
+    def to_0004(connection: object) -> None:
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0004")
+
+    async with store.engine.begin() as connection:
+        await connection.run_sync(to_0004)
+        await connection.execute(text(
+            "insert into sessions (id, platform, chat_id, persona, summary, created_at) "
+            "values (1, 'telegram', '1', 'guest', 'they like tea', '2026-11-01 10:00:00')"))
+        await connection.execute(text(
+            "insert into messages (session_id, role, content, transcribed, created_at) "
+            "values (1, 'user', 'hi', 0, '2026-11-01 10:00:00')"))
+    await store.close()
+    upgraded = Store(url)
+    await upgraded.migrate()
+    conversation = await open_conversation(upgraded, "telegram", "1", "guest")
+    await upgraded.close()
+    assert (conversation.summary, conversation.summary_through) == ("they like tea", 0)
+    assert conversation.messages == (StoredMessage("user", "hi"),)
+
+
+async def test_a_summary_moves_forward_once_from_where_it_began(store: Store) -> None:
+    session_id = await converse(store, "telegram", "1", "a", "b", "c")
+    first = await open_conversation(store, "telegram", "1", "guest")
+    covered = first.messages[1].id  # the reply to "a"
+    assert await save_summary(store, session_id, "they said a", covered, expected_through=0)
+    # A second summary begun from the same point (a /compact racing the background) loses.
+    assert not await save_summary(store, session_id, "stale", covered + 2, expected_through=0)
+    after = await open_conversation(store, "telegram", "1", "guest")
+    assert (after.summary, after.summary_through) == ("they said a", covered)
+    assert [m.content for m in after.messages] == ["b", "re: b", "c", "re: c"]
+    assert await messages_between(store, session_id, 0, after.messages[0].id, 10) == (
+        StoredMessage("user", "a"), StoredMessage("assistant", "re: a"))
 
 
 async def test_a_binding_taken_out_of_the_config_is_revoked(store: Store) -> None:

@@ -14,11 +14,11 @@ from tests.test_tools_audit import _upgrade_to
 TABLES = {"web_links", "web_sessions", "api_tokens"}
 
 
-async def test_0006_upgrades_a_0004_database_and_can_run_again(data_dir: Path) -> None:
+async def test_0006_upgrades_a_0005_database_and_can_run_again(data_dir: Path) -> None:
     url = make_config(data_dir).store_url()
     store = Store(url)
     async with store.engine.begin() as connection:
-        await connection.run_sync(_upgrade_to("0004"))
+        await connection.run_sync(_upgrade_to("0005"))
     path = url.split("///", 1)[1]
     with sqlite3.connect(path) as db:
         db.execute("insert into tool_calls (at, persona, platform, chat_id, tool, arguments, "
@@ -30,7 +30,7 @@ async def test_0006_upgrades_a_0004_database_and_can_run_again(data_dir: Path) -
         assert tables >= TABLES
         assert db.execute("select count(*) from tool_calls").fetchone() == (1,)
         # A run that made the tables but died before recording the revision runs again.
-        db.execute("update alembic_version set version_num = '0004'")
+        db.execute("update alembic_version set version_num = '0005'")
     async with store.engine.begin() as connection:
         await connection.run_sync(_upgrade_to("0006"))
     with sqlite3.connect(path) as db:

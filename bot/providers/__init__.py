@@ -9,6 +9,7 @@ from bot.providers.base import (
     Delta,
     StreamEnd,
     TextDelta,
+    TokenCounting,
     ToolCallDelta,
     ToolSpec,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "Delta",
     "StreamEnd",
     "TextDelta",
+    "TokenCounting",
     "ToolCallDelta",
     "ToolSpec",
     "build_provider",

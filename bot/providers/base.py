@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from bot.config import GenerationParams, ModelSpec
 from bot.errors import ProviderTimeout
@@ -128,6 +128,17 @@ class ChatProvider(Protocol):
         """The size of the model's weights in bytes, as the backend reports it; None if not."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TokenCounting(Protocol):
+    """A backend that holds the model's own tokenizer (the in-process ones)."""
+
+    async def count_tokens(self, model: ModelSpec, messages: Sequence[ChatMessage],
+                           tools: Sequence[ToolSpec] = ()) -> int | None:
+        """The prompt tokens this request would take, exactly as the backend would render and
+        tokenize it; None when the tokenizer is not at hand (the model is not loaded)."""
+        ...
 
 
 TOOLS_CAPABILITY = "tools"

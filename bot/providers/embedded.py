@@ -24,6 +24,7 @@ from bot.providers.base import (
     StreamEnd,
     TextDelta,
     ToolSpec,
+    offered_tools,
 )
 from bot.providers.bundled import bundled_model_path
 from bot.providers.toolcalls import ToolOfferingProvider, function_schema
@@ -45,6 +46,11 @@ class Engine(Protocol):
                  max_tokens: int, emit: Emit, cancelled: threading.Event,
                  tools: Sequence[ToolSpec] = ()) -> Generated: ...
 
+    def count_tokens(self, messages: Sequence[ChatMessage],
+                     tools: Sequence[ToolSpec] = ()) -> int:
+        """The prompt's length in the model's tokens, rendered as `generate` renders it."""
+        ...
+
     def close(self) -> None:
         """Release the weights; called on the thread that ran the model."""
 
@@ -55,9 +61,25 @@ class LlamaCppEngine:
 
         self.llm = Llama(model_path=str(path), n_ctx=context_window, n_threads=threads,
                          n_threads_batch=threads, verbose=False)
+        self._formatter = _template_formatter(self.llm)
 
     def close(self) -> None:
         self.llm.close()
+
+    def count_tokens(self, messages: Sequence[ChatMessage],
+                     tools: Sequence[ToolSpec] = ()) -> int:
+        wire: Any = [template_message(m) for m in messages]
+        if self._formatter is None:
+            # A built-in chat format (no template in the file): the contents counted exactly,
+            # the role markers generously.
+            return sum(len(self.llm.tokenize(str(m["content"]).encode(), add_bos=False,
+                                             special=False)) + 8 for m in wire) + 8
+        offered: Any = {"tools": [function_schema(t) for t in tools],
+                        "tool_choice": "auto"} if tools else {}
+        # What llama.cpp's chat handler does before generating: render, then tokenize.
+        rendered = self._formatter(messages=wire, **offered)
+        return len(self.llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special,
+                                     special=True))
 
     def generate(self, messages: Sequence[ChatMessage], params: GenerationParams,
                  max_tokens: int, emit: Emit, cancelled: threading.Event,
@@ -106,6 +128,15 @@ class MlxEngine:
         self.tokenizer: Any
         self.model, self.tokenizer = load(reference)[:2]
 
+    def count_tokens(self, messages: Sequence[ChatMessage],
+                     tools: Sequence[ToolSpec] = ()) -> int:
+        prompt = self.tokenizer.apply_chat_template(
+            [template_message(m) for m in messages],
+            tools=[function_schema(t) for t in tools] or None,
+            add_generation_prompt=True,
+        )
+        return len(prompt)
+
     def close(self) -> None:
         import mlx.core as mx
 
@@ -149,6 +180,25 @@ class MlxEngine:
         if last is None:
             return Generated(finish_reason, None, 0)
         return Generated(finish_reason, last.prompt_tokens, last.generation_tokens)
+
+
+def _template_formatter(llm: Any) -> Any:
+    """The Jinja formatter llama.cpp renders this model's chats with, when the GGUF carries
+    the template it uses (llama.cpp keeps only a handler that renders and generates at once)."""
+    if llm.chat_handler is not None or not str(llm.chat_format).startswith("chat_template."):
+        return None
+    name = str(llm.chat_format)
+    template = llm.metadata.get("tokenizer.chat_template" if name == "chat_template.default"
+                                else f"tokenizer.{name}")
+    if not template:
+        return None
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    def token(token_id: int) -> str:
+        return str(llm._model.token_get_text(token_id)) if token_id != -1 else ""
+
+    return Jinja2ChatFormatter(template=template, eos_token=token(llm.token_eos()),
+                               bos_token=token(llm.token_bos()))
 
 
 def template_message(message: ChatMessage) -> dict[str, object]:
@@ -257,6 +307,17 @@ class EmbeddedProvider(ToolOfferingProvider):
 
         path = weights_path(model)
         return weights_bytes(path) if path is not None else None
+
+    async def count_tokens(self, model: ModelSpec, messages: Sequence[ChatMessage],
+                           tools: Sequence[ToolSpec] = ()) -> int | None:
+        offered = offered_tools(model, tools)
+        # Counted on the loop's thread while a reply may be decoding on the model's: the
+        # tokenizer only reads the vocabulary. Under the load lock, so the weights cannot be
+        # released meanwhile; a model that is not resident is not loaded just to count.
+        async with self._load_lock:
+            if self._resident is None or self._resident[0] != model.id:
+                return None
+            return self._resident[1].count_tokens(messages, offered)
 
     async def unload(self, model: ModelSpec) -> None:
         async with self._load_lock:

@@ -11,6 +11,7 @@ import httpx
 
 from bot.config import ProviderSpec
 from bot.errors import (
+    ContextOverflow,
     ModelNotFound,
     ProviderError,
     ProviderTimeout,
@@ -20,6 +21,10 @@ from bot.errors import (
 from bot.providers.base import (
     next_within,
 )
+
+# How servers say a prompt does not fit: llama-server and Ollama (with `truncate` off), vLLM.
+_TOO_LONG = ("exceed_context_size_error", "exceeds the available context size",
+             "maximum context length")
 
 
 class HttpBackend:
@@ -103,6 +108,8 @@ class HttpBackend:
         where = f"{self.name}: {response.request.method} {response.request.url.path}"
         if response.status_code == 404:
             return ModelNotFound(f"{where} answered 404: {detail}")
+        if response.status_code == 400 and any(sign in response.text for sign in _TOO_LONG):
+            return ContextOverflow(f"{where} refused the prompt as too long: {detail}")
         if response.status_code >= 500 or response.status_code == 429:
             return ProviderUnavailable(f"{where} answered {response.status_code}: {detail}")
         return ProviderError(f"{where} answered {response.status_code}: {detail}")

@@ -36,6 +36,9 @@ class OllamaProvider(ToolOfferingProvider):
             "model": model.id,
             "messages": [wire_message(m) for m in messages],
             "stream": True,
+            # Ollama otherwise shortens a prompt that does not fit and answers 200 as if it
+            # had read it all; hearthbot fits prompts itself, and an overflow must be loud.
+            "truncate": False,
             # Sent on every request: without it Ollama unloads the model after 5 idle minutes.
             "keep_alive": self.keep_alive,
             "options": {

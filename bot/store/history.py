@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.events import MessageStatus
@@ -19,13 +20,18 @@ class StoredMessage:
     role: str
     content: str
     transcribed: bool = False
+    id: int = field(default=0, compare=False)  # the row's id: where a summary reaches
 
 
 @dataclass(frozen=True)
 class Conversation:
+    """A session as the next request sees it: the running summary, the id of the last message
+    it covers, and the newest messages after that one (oldest first)."""
+
     session_id: int
     summary: str
     messages: tuple[StoredMessage, ...]
+    summary_through: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,22 +58,56 @@ class TurnRecord:
 
 async def open_conversation(store: Store, platform: str, chat_id: str, persona: str,
                             limit: int = 200) -> Conversation:
-    """The open session of this chat and persona with its newest messages, oldest first."""
+    """The open session of this chat and persona with its newest messages not yet covered by
+    the summary, oldest first."""
     async with store.read() as session:
         row = await _open_session(session, platform, chat_id, persona)
         if row is not None:
-            query = (select(MessageRow).where(MessageRow.session_id == row.id)
-                     .order_by(MessageRow.id.desc()).limit(limit))
-            newest = (await session.scalars(query)).all()
-            return Conversation(row.id, row.summary, tuple(
-                StoredMessage(m.role, m.content, m.transcribed) for m in reversed(newest)))
+            return await _conversation(session, row, limit)
     async with store.write() as session:
         row = await _open_session(session, platform, chat_id, persona)
         if row is None:
-            row = SessionRow(platform=platform, chat_id=chat_id, persona=persona, summary="")
+            row = SessionRow(platform=platform, chat_id=chat_id, persona=persona, summary="",
+                             summary_through=0)
             session.add(row)
             await session.flush()
-        return Conversation(row.id, row.summary, ())
+        return Conversation(row.id, row.summary, (), row.summary_through)
+
+
+async def load_conversation(store: Store, session_id: int, limit: int = 200) -> Conversation:
+    async with store.read() as session:
+        row = await session.get(SessionRow, session_id)
+        if row is None:
+            return Conversation(session_id, "", ())
+        return await _conversation(session, row, limit)
+
+
+async def messages_between(store: Store, session_id: int, after: int, before: int,
+                           limit: int) -> tuple[StoredMessage, ...]:
+    """Up to `limit` messages with ids strictly between `after` and `before`, oldest first."""
+    async with store.read() as session:
+        query = (select(MessageRow)
+                 .where(MessageRow.session_id == session_id, MessageRow.id > after,
+                        MessageRow.id < before)
+                 .order_by(MessageRow.id).limit(limit))
+        return tuple(_stored(m) for m in (await session.scalars(query)).all())
+
+
+async def save_summary(store: Store, session_id: int, summary: str, through: int,
+                       expected_through: int) -> bool:
+    """Replace the running summary, now covering every message up to `through`.
+
+    Written only if the summary still covers what it covered when the new one was begun
+    (`expected_through`): of two summaries written from the same start, the first stands, and
+    a summary never moves backwards. Returns whether it was written.
+    """
+    async with store.write() as session:
+        result = await session.execute(
+            update(SessionRow)
+            .where(SessionRow.id == session_id, SessionRow.summary_through == expected_through)
+            .values(summary=summary, summary_through=through)
+            .execution_options(synchronize_session=False))
+        return bool(cast("CursorResult[Any]", result).rowcount)
 
 
 async def start_new_session(store: Store, platform: str, chat_id: str, persona: str) -> None:
@@ -99,6 +139,20 @@ async def save_turn(store: Store, turn: TurnRecord) -> None:
             await session.execute(update(InboxRow).where(InboxRow.id == turn.inbox_id)
                                   .values(state=turn.status, error=turn.error,
                                           updated_at=utcnow()))
+
+
+async def _conversation(session: AsyncSession, row: SessionRow,
+                        limit: int) -> Conversation:
+    query = (select(MessageRow)
+             .where(MessageRow.session_id == row.id, MessageRow.id > row.summary_through)
+             .order_by(MessageRow.id.desc()).limit(limit))
+    newest = (await session.scalars(query)).all()
+    return Conversation(row.id, row.summary, tuple(_stored(m) for m in reversed(newest)),
+                        row.summary_through)
+
+
+def _stored(row: MessageRow) -> StoredMessage:
+    return StoredMessage(row.role, row.content, row.transcribed, row.id)
 
 
 async def _open_session(session: AsyncSession, platform: str, chat_id: str,

@@ -49,6 +49,8 @@ class SessionRow(Base):
     chat_id: Mapped[str] = mapped_column(String(128))
     persona: Mapped[str] = mapped_column(String(64))
     summary: Mapped[str] = mapped_column(Text, default="")
+    # The id of the last message the summary covers; the messages after it are sent verbatim.
+    summary_through: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -10,18 +10,26 @@ so a conversation with tools is scripted step by step, and every request body is
     )
     ...
     first, second = fake.chat_bodies()  # assert the `tools` sent and the results returned
+
+A reply can also be chosen per request with `fake.respond_with(choose)`, where `choose(body)`
+returns the ScriptedReply (or None for the script's next one). With `count_tokens=True` the fake
+counts every chat request's prompt with a small deterministic tokenizer (`fake_tokens`),
+reports that count back as real servers do, refuses a prompt larger than the window with the
+server's own error (or, where the server would, shortens it and says nothing), and keeps each
+measurement in `fake.measured`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import json
 import re
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -80,6 +88,8 @@ class ScriptedReply:
     finish_reason: str = "stop"
     # The stream stops after its first piece until this is set: a test can act while a reply
     # is under way.
+    pause_after_first: asyncio.Event | None = field(default=None, compare=False)
+    # Nothing is sent until this event is set: a reply the test holds back.
     hold: asyncio.Event | None = field(default=None, compare=False)
 
     @classmethod
@@ -97,6 +107,44 @@ class RecordedRequest:
     at: float  # time.monotonic()
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One chat request as a counting fake measured it."""
+
+    prompt: int  # prompt tokens, tools included
+    output: int  # the most the request let the model write
+    window: int
+    outcome: str  # "ok", "refused" (too long, with the server's error) or "truncated"
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.output
+
+
+_FAKE_TOKEN = re.compile(r"\d|[^\W\d_]{1,3}|\S")
+MESSAGE_TOKENS = 4  # what the fake's chat template adds around each message
+REPLY_TOKENS = 3  # the assistant header that ends every prompt
+
+
+def fake_tokens(text: str) -> int:
+    """The fake's tokenizer: each digit, each other symbol, and each run of up to three letters
+    is one token: denser than real tokenizers on English, so an estimate must learn it."""
+    return len(_FAKE_TOKEN.findall(text))
+
+
+def prompt_tokens_of(body: Json) -> int:
+    """A chat request's prompt in the fake's tokens: messages, their calls, and the tools."""
+    total = REPLY_TOKENS
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            total += MESSAGE_TOKENS + fake_tokens(str(message.get("content") or ""))
+            if message.get("tool_calls"):
+                total += fake_tokens(json.dumps(message["tool_calls"]))
+    if body.get("tools"):
+        total += fake_tokens(json.dumps(body["tools"]))
+    return total
+
+
 def _dumps(payload: object) -> str:
     # Compact like the real servers (Go's encoder, pydantic): clients must not rely on spacing.
     return json.dumps(payload, separators=(",", ":"))
@@ -108,12 +156,15 @@ class _FakeBackend(FakeServer):
     _url_suffix = ""
     _chat_path = ""
 
-    def __init__(self, models: Sequence[str]) -> None:
+    def __init__(self, models: Sequence[str], count_tokens: bool = False) -> None:
         self.models: list[str] = list(models)
         self.requests: list[RecordedRequest] = []
+        self.counting = count_tokens
+        self.measured: list[Measured] = []
         super().__init__()
         self._queue: deque[ScriptedReply] = deque()
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._choose: Callable[[Json], ScriptedReply | None] | None = None
 
     @property
     def base_url(self) -> str:
@@ -121,6 +172,10 @@ class _FakeBackend(FakeServer):
 
     def script(self, *replies: ScriptedReply) -> None:
         self._queue.extend(replies)
+
+    def respond_with(self, choose: Callable[[Json], ScriptedReply | None] | None) -> None:
+        """Choose each chat reply from the request body (None: the script's next reply)."""
+        self._choose = choose
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
@@ -173,22 +228,42 @@ class _FakeBackend(FakeServer):
     def _guard(self, request: web.Request) -> web.Response | None:
         return None
 
-    def _next_reply(self) -> ScriptedReply:
+    def _next_reply(self, body: Json | None = None) -> ScriptedReply:
+        if self._choose is not None and body is not None:
+            chosen = self._choose(body)
+            if chosen is not None:
+                return chosen
         return self._queue.popleft() if self._queue else ScriptedReply()
+
+    def _measure(self, body: Json, window: int, output: int,
+                 truncates: bool) -> tuple[Measured, web.Response | None]:
+        """Count a chat request; the error response to send when the server would refuse it."""
+        prompt = prompt_tokens_of(body)
+        outcome = "ok" if prompt <= window else "truncated" if truncates else "refused"
+        measured = Measured(prompt, output, window, outcome)
+        self.measured.append(measured)
+        if outcome != "refused":
+            return measured, None
+        return measured, self._too_long(prompt, window)
+
+    def _too_long(self, prompt: int, window: int) -> web.Response:
+        raise NotImplementedError
 
     async def _pump(self, request: web.Request, resp: web.StreamResponse,
                     reply: ScriptedReply, pieces: Sequence[bytes]) -> int | None:
         """Write pieces at the scripted pace: monotonic ns of the first write, None if cut."""
         cut = reply.disconnect_after
         first_ns: int | None = None
+        if reply.hold is not None:
+            await reply.hold.wait()
         if not pieces or cut == 0:
             await asyncio.sleep(reply.first_token_delay)
         for i, piece in enumerate(pieces):
             if cut is not None and i >= cut:
                 break
             await asyncio.sleep(reply.first_token_delay if i == 0 else reply.token_delay)
-            if i == 1 and reply.hold is not None:
-                await reply.hold.wait()
+            if i == 1 and reply.pause_after_first is not None:
+                await reply.pause_after_first.wait()
             first_ns = first_ns or time.monotonic_ns()
             await resp.write(piece)
         if cut is not None:
@@ -198,6 +273,8 @@ class _FakeBackend(FakeServer):
 
     async def _wait_whole(self, request: web.Request, reply: ScriptedReply) -> bool:
         """Non-streamed replies take as long as the stream would; False if cut instead."""
+        if reply.hold is not None:
+            await reply.hold.wait()
         pieces = len(reply.chunks) + len(reply.tool_calls)
         await asyncio.sleep(reply.first_token_delay + reply.token_delay * max(pieces - 1, 0))
         if reply.disconnect_after is not None:
@@ -238,8 +315,9 @@ class FakeOllama(_FakeBackend):
     _chat_path = "/api/chat"
 
     def __init__(self, models: Sequence[str] = ("llama3.2:3b",), *,
-                 context_length: int = 8192, sizes: Mapping[str, int] | None = None) -> None:
-        super().__init__(models)
+                 context_length: int = 8192, sizes: Mapping[str, int] | None = None,
+                 count_tokens: bool = False) -> None:
+        super().__init__(models, count_tokens)
         self.context_length = context_length
         self.sizes = dict(sizes or {})  # bytes on disk per model (default: a 3B Q4 model's)
         self.loaded: list[str] = []
@@ -262,6 +340,10 @@ class FakeOllama(_FakeBackend):
 
     def _error(self, status: int, message: str) -> web.Response:
         return web.json_response({"error": message}, status=status, dumps=_dumps)
+
+    def _too_long(self, prompt: int, window: int) -> web.Response:
+        # With `truncate: false`, Ollama passes on its runner's error as a string.
+        return self._error(400, _dumps({"error": _context_error(prompt, window)}))
 
     def _resolve(self, name: object) -> str | None:
         if not isinstance(name, str) or not name:
@@ -337,7 +419,18 @@ class FakeOllama(_FakeBackend):
             self._set_loaded(model, not unload)
             reason = "unload" if unload else "load"
             return web.json_response(line("", done_reason=reason, done=True), dumps=_dumps)
-        reply = self._next_reply()
+        prompt_tokens: int | None = None
+        if chat and self.counting:
+            options = body.get("options") or {}
+            window = int(options.get("num_ctx") or self.context_length)
+            predict = int(options.get("num_predict") or -1)
+            # Unless told not to, Ollama shortens a prompt that does not fit, silently.
+            measured, refusal = self._measure(body, window, predict if predict >= 0 else window,
+                                              truncates=body.get("truncate", True) is not False)
+            if refusal is not None:
+                return refusal
+            prompt_tokens = min(measured.prompt, window)
+        reply = self._next_reply(body if chat else None)
         if reply.status != 200:
             return self._error(reply.status, f"scripted failure ({reply.status})")
         was_loaded = model in self.loaded
@@ -349,7 +442,8 @@ class FakeOllama(_FakeBackend):
             return {"done": True, "done_reason": reply.finish_reason,
                     "total_duration": now - started,
                     "load_duration": 0 if was_loaded else 1_000_000,
-                    "prompt_eval_count": reply.prompt_tokens,
+                    "prompt_eval_count": (reply.prompt_tokens if prompt_tokens is None
+                                          else prompt_tokens),
                     "prompt_eval_duration": first_ns - started,
                     "eval_count": len(reply.chunks), "eval_duration": now - first_ns}
 
@@ -376,6 +470,13 @@ class FakeOllama(_FakeBackend):
         self._set_loaded(model, not unload)
         await resp.write_eof()
         return resp
+
+
+def _context_error(prompt: int, window: int) -> Json:
+    """llama.cpp's refusal of a prompt larger than the window (llama-server, Ollama)."""
+    return {"code": 400, "message": f"request ({prompt} tokens) exceeds the available context "
+                                    f"size ({window} tokens), try increasing it",
+            "type": "exceed_context_size_error", "n_prompt_tokens": prompt, "n_ctx": window}
 
 
 def _id_field(call: ToolCall, default: str) -> Json:
@@ -426,9 +527,11 @@ class FakeOpenAI(_FakeBackend):
     _chat_path = "/v1/chat/completions"
 
     def __init__(self, models: Sequence[str] = ("llama3.2:3b",), *,
-                 api_key: str | None = None) -> None:
-        super().__init__(models)
+                 api_key: str | None = None, context_length: int = 8192,
+                 count_tokens: bool = False) -> None:
+        super().__init__(models, count_tokens)
         self.api_key = api_key
+        self.context_length = context_length
         self._completions = 0
 
     def _add_routes(self, app: web.Application) -> None:
@@ -439,6 +542,11 @@ class FakeOpenAI(_FakeBackend):
         kind, code = _OPENAI_ERROR_KINDS.get(status, ("server_error", None))
         error = {"message": message, "type": kind, "param": None, "code": code}
         return web.json_response({"error": error}, status=status, dumps=_dumps)
+
+    def _too_long(self, prompt: int, window: int) -> web.Response:
+        # llama-server's shape; the window is the server's, whatever the request asks.
+        return web.json_response({"error": _context_error(prompt, window)}, status=400,
+                                 dumps=_dumps)
 
     def _guard(self, request: web.Request) -> web.Response | None:
         wanted = f"Bearer {self.api_key}"
@@ -459,9 +567,19 @@ class FakeOpenAI(_FakeBackend):
         model = body.get("model") or self.models[0]
         if model not in self.models:
             return self._error(404, f"The model `{model}` does not exist.")
-        reply = self._next_reply()
+        prompt_tokens = None
+        if self.counting:
+            output = int(body.get("max_tokens") or self.context_length)
+            measured, refusal = self._measure(body, self.context_length, output,
+                                              truncates=False)
+            if refusal is not None:
+                return refusal
+            prompt_tokens = measured.prompt
+        reply = self._next_reply(body)
         if reply.status != 200:
             return self._error(reply.status, f"scripted failure ({reply.status})")
+        if prompt_tokens is not None:
+            reply = dataclasses.replace(reply, prompt_tokens=prompt_tokens)
         self._completions += 1
         head: Json = {"id": f"chatcmpl-{self._completions}", "created": int(time.time()),
                       "model": model, "system_fingerprint": "fp_fake"}
