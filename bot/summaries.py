@@ -124,7 +124,7 @@ class ContextKeeper:
         self.spec = spec
         self.shield = shield
         self.meters: dict[str, TokenMeter] = {}
-        self._lanes: dict[object, _Lane] = {}
+        self._lanes: dict[str, _Lane] = {}
         self._backoff: dict[int, _Backoff] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._closed = False
@@ -198,7 +198,9 @@ class ContextKeeper:
         await asyncio.gather(*workers, return_exceptions=True)
 
     def _lane(self, target: ModelTarget) -> _Lane:
-        return self._lanes.setdefault(target.provider, _Lane())
+        # By the model's label: a turn's provider is a fresh view of the resident backend, and
+        # one model is resident at a time, so replies and summaries on it share one lane.
+        return self._lanes.setdefault(target.label, _Lane())
 
     async def _work(self, lane: _Lane) -> None:
         while lane.queue:
