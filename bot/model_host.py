@@ -38,6 +38,7 @@ from bot.providers import (
     ToolSpec,
     build_provider,
 )
+from bot.providers.base import TokenCounting
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,14 @@ class _ResidentStream:
     def __init__(self, host: ModelHost, target: ModelTarget) -> None:
         self._host = host
         self._target = target
+
+    async def count_tokens(self, model: ModelSpec, messages: Sequence[ChatMessage],
+                           tools: Sequence[ToolSpec] = ()) -> int | None:
+        """The resident backend's own count, where it has a tokenizer at hand."""
+        provider, spec = self._host.backend(self._target.label)
+        if isinstance(provider, TokenCounting):
+            return await provider.count_tokens(spec, messages, tools)
+        return None
 
     async def stream(self, model: ModelSpec, messages: Sequence[ChatMessage],
                      params: GenerationParams, tools: Sequence[ToolSpec] = ()

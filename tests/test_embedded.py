@@ -219,11 +219,9 @@ async def test_thirty_turns_with_the_bundled_model_stay_in_the_window(
             assert result.answered, answer
             await service.gateway.context.idle()
         [(summary, through)] = db_rows(service, "select summary, summary_through from sessions")
-        target = service.models.target(None)
-        provider = target.provider
+        provider, model = service.models.backend(service.models.target(None).label)
         assert isinstance(provider, EmbeddedProvider)
-        counted = [await provider.count_tokens(target.model, messages)
-                   for messages, _, _ in seen]
+        counted = [await provider.count_tokens(model, messages) for messages, _, _ in seen]
     largest = max(reported + budget for _, budget, reported in seen if reported is not None)
     opening = SUMMARY_PROMPT.split(".")[0]
     summaries = [s for s in seen if s[0][0].content.startswith(opening)]
@@ -242,4 +240,9 @@ async def test_thirty_turns_with_the_bundled_model_stay_in_the_window(
     assert isinstance(through, int) and through > 2
     # Turn 1 is no longer sent word for word: what reaches the model of it is the summary.
     assert all(fact not in m.content for m in last_turn)
-    assert last_turn[0].content.endswith(summary)
+    # The last turn carries the summary as it stood then; the model samples, so a longer
+    # last reply may have it folded once more afterwards.
+    written_summaries = [text.strip() for (messages, _, _), text in zip(seen, written,
+                                                                         strict=True)
+                         if messages[0].content.startswith(opening)]
+    assert any(text and last_turn[0].content.endswith(text) for text in written_summaries)

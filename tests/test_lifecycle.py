@@ -90,7 +90,7 @@ async def test_status_switch_and_answer_against_the_running_service(
     assert code == 0, out
     lines = dict(line.split(None, 1) for line in out.splitlines() if line.strip())
     assert lines["model"] == f"ollama/{SMALL}: resident"
-    assert lines["adapters"] == "telegram connected"
+    assert lines["adapters"] == "telegram connected, web connected"  # the web face too
     assert lines["inbox"] == "0 waiting"
     assert lines["last"] == "turn    none yet"
     assert lines["cold"].startswith("start   ")

@@ -181,8 +181,9 @@ class _FakeBackend(FakeServer):
         return [r for r in self.requests if r.path == path]
 
     def chat_bodies(self) -> list[Json]:
-        """The body of every chat request so far, in order."""
-        return [r.body for r in self.requests_to(self._chat_path) if r.body is not None]
+        """The body of every chat request so far, in order (warm-ups left out: see `_chat`)."""
+        return [r.body for r in self.requests_to(self._chat_path)
+                if r.body is not None and not _is_warm_up(r.body)]
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._recorder()])
@@ -575,7 +576,9 @@ class FakeOpenAI(_FakeBackend):
             if refusal is not None:
                 return refusal
             prompt_tokens = measured.prompt
-        reply = self._next_reply(body)
+        # A one-token, unstreamed completion is how clients warm a server up: answered at
+        # once, it leaves the scripted conversation to the requests that follow it.
+        reply = ScriptedReply(chunks=("Hi",)) if _is_warm_up(body) else self._next_reply(body)
         if reply.status != 200:
             return self._error(reply.status, f"scripted failure ({reply.status})")
         if prompt_tokens is not None:
@@ -629,3 +632,8 @@ class FakeOpenAI(_FakeBackend):
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _is_warm_up(body: Json) -> bool:
+    """A one-token, unstreamed completion: how clients warm an OpenAI-compatible server."""
+    return body.get("max_tokens") == 1 and not body.get("stream")
