@@ -636,7 +636,7 @@ def test_hearthbot_run_exits_1_with_one_sentence(
         config = tmp_path / "config.json"
         config.write_text(json.dumps({
             "data_dir": str(data_dir),
-            "gateway": {"providers": {"ollama": {
+            "gateway": {"port": 0, "providers": {"ollama": {
                 "type": "ollama", "base_url": fakes.ollama.base_url, "models": [{"id": model}]}}},
             "agents": {"default": {"active_model": f"ollama/{model}"}},
             "channels": {"discord": {"token": "wrong.token.value" if not intent else TOKEN,

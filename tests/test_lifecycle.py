@@ -40,7 +40,7 @@ async def hearthbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
 def config_file(tmp_path: Path, fake_llm: FakeOllama, fake_tg: FakeTelegram | None = None,
                 tries: int = 30) -> str:
     config: dict[str, Any] = {
-        "gateway": {"providers": {"ollama": {
+        "gateway": {"port": 0, "providers": {"ollama": {
             "type": "ollama", "base_url": fake_llm.base_url, "first_token_timeout": 10,
             "models": [{"id": SMALL}, {"id": BIG}]}},
             "residency": {"wait_tries": tries, "wait_seconds": 0.05}},

@@ -270,7 +270,7 @@ def _config_file(tmp_path: Path, fake_tg: FakeTelegram, fake_llm: FakeOllama,
                  token: str) -> Path:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({
-        "gateway": {"providers": {"ollama": {
+        "gateway": {"port": 0, "providers": {"ollama": {
             "type": "ollama", "base_url": fake_llm.base_url,
             "models": [{"id": fake_llm.models[0]}]}}},
         "agents": {"default": {"active_model": f"ollama/{fake_llm.models[0]}"}},
