@@ -69,24 +69,15 @@ class HttpBackend:
             await response.aclose()
 
     async def post_json(self, path: str, body: dict[str, object], within: float) -> object:
-        try:
-            response = await self.client.post(path, json=body, timeout=within)
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(f"{self.name}: {path} took longer than {within:g} s") from exc
-        except httpx.TransportError as exc:
-            raise ProviderUnavailable(f"{self.name}: cannot reach {self.url(path)}: {exc!r}"
-                                      ) from exc
-        if response.status_code >= 400:
-            raise self.status_error(response)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ProviderError(f"{self.name}: {path} answered something other than JSON: "
-                                f"{response.text[:200]!r}") from exc
+        return await self._json("POST", path, within, body)
 
     async def get_json(self, path: str, within: float) -> object:
+        return await self._json("GET", path, within)
+
+    async def _json(self, method: str, path: str, within: float,
+                    body: dict[str, object] | None = None) -> object:
         try:
-            response = await self.client.get(path, timeout=within)
+            response = await self.client.request(method, path, json=body, timeout=within)
         except httpx.TimeoutException as exc:
             raise ProviderTimeout(f"{self.name}: {path} took longer than {within:g} s") from exc
         except httpx.TransportError as exc:
