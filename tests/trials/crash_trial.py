@@ -449,9 +449,10 @@ def plan(platform: str, kill_trials: int, term_trials: int, calibration: int,
                  for n in range(calibration)]
     trials: list[Trial] = []
     for name, count, every in (("kill -9", kill_trials, 4), ("SIGTERM", term_trials, 5)):
-        for i in range(count):
-            mode = "window" if i % every == every - 1 else "random"
-            trials.append(Trial(platform, 0, ("dm", "group")[i % 2], name, mode))
+        windows = count // every
+        # DMs and groups take turns within each mode, so both kinds get window trials.
+        for mode, n in (("window", windows), ("random", count - windows)):
+            trials += [Trial(platform, 0, ("dm", "group")[i % 2], name, mode) for i in range(n)]
     rng.shuffle(trials)
     for number, trial in enumerate(trials, start=calibration):
         trial.number = number
@@ -535,9 +536,14 @@ def report(trials: list[Trial], notes: list[str], header: str) -> str:
         if not window:
             continue
         missed = sum(t.window_missed for t in window)
+        parts = sorted({(t.platform, t.kind) for t in window})
+        detail = ", ".join(
+            f"{p} {k} {sum(t.doubled for t in window if (t.platform, t.kind) == (p, k))}/"
+            f"{sum((t.platform, t.kind) == (p, k) for t in window)}" for p, k in parts)
         out.append(f"{sig} in the send→record window: {len(window)} trials, "
-                   f"{sum(t.doubled for t in window)} doubled, {sum(t.lost for t in window)} lost"
-                   + (f" ({missed} never reached the window)" if missed else ""))
+                   f"{sum(t.doubled for t in window)} doubled ({detail}), "
+                   f"{sum(t.lost for t in window)} lost"
+                   + (f"; {missed} never reached the window" if missed else ""))
     widths_ms = [w * 1000 for t in trials if (w := t.window) is not None]
     if widths_ms:
         out.append(f"window width (final send at the fake → turn row in SQLite, 1 ms polling): "
