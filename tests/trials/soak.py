@@ -52,6 +52,9 @@ BATCH_LIMIT = 60.0  # seconds a batch may take to be taken in
 SETTLE_LIMIT = 90.0
 CRASH_LOOP = 4  # deaths in a row without anything new taken in
 TELEGRAM_FIRST_ID = 1_000_000  # the soak numbers its updates itself, from here
+# Seconds between a chat's sends: the fakes do not rate-limit, and thousands of replies into
+# one channel at the default pace would take the soak hours.
+PACING = 0.05
 ADAPTER_EVENTS = re.compile(
     r"\badapter\b.*\b(stopped|died|crash\w*|fail\w*|restart\w*)|\brestart(ing|ed)?\b",
     re.IGNORECASE)
@@ -335,13 +338,14 @@ class Soak:
                 await self.tg.start()
                 channels: Json = {"telegram": {
                     "token": self.tg.token, "api_base_url": self.tg.base_url,
-                    "file_base_url": self.tg.base_file_url, "poll_timeout": 2}}
+                    "file_base_url": self.tg.base_file_url, "poll_timeout": 2,
+                    "edit_interval": PACING, "draft_interval": PACING}}
                 ready, url = r"telegram: polling as @", None
             else:
                 self.dc = FuzzDiscord(token=DISCORD_TOKEN)
                 await self.dc.start()
                 self.world = self._world(self.dc)
-                channels = {"discord": {"token": DISCORD_TOKEN}}
+                channels = {"discord": {"token": DISCORD_TOKEN, "edit_interval": PACING}}
                 ready, url = r"discord: connected as", self.dc.base_url
             config = service_config(self.data_dir, llm.base_url, channels)
             self.service = ServiceProcess.for_platform(self.platform, self.args.repo, config,
@@ -407,14 +411,16 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, handled: re.Patter
         for ending, n in o.endings.most_common(5):
             out.append(f"    {n} x {ending}")
         out.append(f"  adapter deaths/restarts in the log: {len(adapter)}")
-        for message, n in collections.Counter(r.message[:120] for r in adapter).most_common(4):
+        for message, n in collections.Counter(
+                re.sub(r"-?\d+", "#", r.message)[:120] for r in adapter).most_common(4):
             out.append(f"    {n} x {message}")
         out.append(f"  tracebacks in the log: {tracebacks}, of which handled (quarantine) "
                    f"{handled_tb}, unhandled {tracebacks - handled_tb}; outside any log record "
                    f"{o.log.raw_tracebacks}")
+        # Told apart by what they say, not by which message or chat they name.
         unhandled = collections.Counter(
-            f"{r.level} {r.name}: {r.message[:90]}" for r in o.log.records
-            if r.tracebacks and not handled.search(r.message))
+            re.sub(r"-?\d+", "#", f"{r.level} {r.name}: {r.message}")[:100]
+            for r in o.log.records if r.tracebacks and not handled.search(r.message))
         for record, n in unhandled.most_common(5):
             out.append(f"    {n} x {record}")
         out.append(_answered("valid messages during the fuzz", during))
