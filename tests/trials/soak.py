@@ -6,7 +6,8 @@
 Per platform, `--count` mutated payloads from tests/trials/mutations.py (Telegram updates
 pushed to the fake Bot API; Discord gateway dispatches sent raw on the fake's live session),
 with a valid message after every `--valid-every`. They go in batches; after each batch the
-soak waits until the batch's valid message is stored, or the service has died. A dead service
+soak waits until the batch's valid message is stored (or the service has died) and until at
+most `--max-backlog` stored messages still wait for their answer. A dead service
 is started again and counted, up to `--max-restarts`; a service that dies again without taking
 in anything new is in a crash loop, and the fuzz stops there (the report says how much of it
 got through). Then `--after` valid messages are sent and must each be answered exactly once.
@@ -49,7 +50,8 @@ from tests.trials.mutations import DiscordWorld, discord_dispatches, telegram_up
 
 DISCORD_TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.hearth-soak.s3cret-t0ken-value"
 BATCH_LIMIT = 60.0  # seconds a batch may take to be taken in
-SETTLE_LIMIT = 90.0
+SETTLE_LIMIT = 900.0  # the longest wait for a backlog that keeps shrinking
+STALL = 30.0  # a backlog that has not shrunk for this long is left as it is
 CRASH_LOOP = 4  # deaths in a row without anything new taken in
 TELEGRAM_FIRST_ID = 1_000_000  # the soak numbers its updates itself, from here
 # Seconds between a chat's sends: the fakes do not rate-limit, and thousands of replies into
@@ -99,6 +101,8 @@ class Outcome:
     expected: list[Expected] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)  # bot messages per expected message
     log: LogSummary | None = None
+    log_bytes: int = 0
+    states: dict[str, int] = field(default_factory=dict)  # inbox rows by state at the end
     seconds: float = 0.0
 
 
@@ -224,9 +228,12 @@ class Soak:
             else:
                 self.outcome.pushed += 1
             self.outcome.delivered += self.push(payload, valid)
-        if last is None or await self.wait_stored(last):
-            return True
-        return await self.ensure_running()
+        if last is not None and not await self.wait_stored(last):
+            return await self.ensure_running()
+        # Answers are not awaited one by one, but the backlog is kept bounded: the soak
+        # measures what malformed input does, not how many chats the service can serve at once.
+        await self.drain(self.args.max_backlog)
+        return True
 
     def push(self, payload: Json, valid: bool) -> int:
         if self.tg is not None:
@@ -251,21 +258,36 @@ class Soak:
 
     # ---- after the fuzz ----------------------------------------------------------------------
 
-    async def settle(self) -> None:
-        """Until nothing is left unanswered and the fake has been quiet for two seconds."""
+    def backlog(self) -> int:
+        """Messages stored but not answered yet."""
+        rows = self.db.query("select count(*) from inbox where platform = ? and "
+                             "state = 'received'", self.platform)
+        return int(rows[0][0]) if rows else 0
+
+    async def drain(self, limit: int, quiet: float = 0.0) -> None:
+        """Until at most `limit` messages wait for an answer (and the bot has made no call
+        for `quiet` seconds), or the backlog has stopped shrinking for STALL seconds."""
+        calls, quiet_since = -1, time.monotonic()
+        smallest, shrunk_at = self.backlog(), time.monotonic()
         deadline = time.monotonic() + SETTLE_LIMIT
-        calls = -1
-        quiet_since = time.monotonic()
         while time.monotonic() < deadline:
             if not await self.ensure_running():
                 return
-            now_calls = self.bot_calls()
-            if now_calls != calls:
-                calls, quiet_since = now_calls, time.monotonic()
-            pending = self.db.query("select count(*) from inbox where state = 'received'")
-            if pending and pending[0][0] == 0 and time.monotonic() - quiet_since >= 2.0:
+            now = time.monotonic()
+            if (count := self.bot_calls()) != calls:
+                calls, quiet_since = count, now
+            waiting = self.backlog()
+            if waiting < smallest:
+                smallest, shrunk_at = waiting, now
+            if waiting <= limit and now - quiet_since >= quiet:
+                return
+            if now - shrunk_at > STALL:
                 return
             await asyncio.sleep(0.2)
+
+    async def settle(self) -> None:
+        """Until nothing is left unanswered and the fake has been quiet for two seconds."""
+        await self.drain(0, quiet=2.0)
 
     async def after(self) -> None:
         """Valid messages once the fuzz is over: each must be answered exactly once.
@@ -297,7 +319,7 @@ class Soak:
                                            mention_bot=True)
                 self.outcome.expected.append(Expected(str(msg["channel_id"]), str(msg["id"]),
                                                       False, reference=k % 2 == 1))
-        deadline = time.monotonic() + SETTLE_LIMIT
+        deadline = time.monotonic() + BATCH_LIMIT
         while time.monotonic() < deadline:
             # A service that cannot stay up is still given its chances to answer.
             await self.ensure_running()
@@ -372,6 +394,10 @@ class Soak:
                 if self.dc is not None:
                     await self.dc.stop()
             self.outcome.log = read_log(self.service.stderr_path.read_text("utf-8", "replace"))
+            self.outcome.log_bytes = self.service.stderr_path.stat().st_size
+            self.outcome.states = {str(state): int(n) for state, n in self.db.query(
+                "select state, count(*) from inbox where platform = ? group by state",
+                self.platform)}
         self.outcome.seconds = time.monotonic() - started
         return self.outcome
 
@@ -423,6 +449,9 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, handled: re.Patter
             for r in o.log.records if r.tracebacks and not handled.search(r.message))
         for record, n in unhandled.most_common(5):
             out.append(f"    {n} x {record}")
+        out.append("  inbox at the end: " + ", ".join(
+            f"{state} {n}" for state, n in sorted(o.states.items())) + f"; log "
+            f"{o.log_bytes / 1e6:.1f} MB")
         out.append(_answered("valid messages during the fuzz", during))
         out.append(_answered("valid messages after the fuzz", after))
         out.append("")
@@ -445,6 +474,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a valid message after every N mutated ones (50)")
     parser.add_argument("--batch", type=int, default=100,
                         help="payloads pushed before waiting for them to be taken in (100)")
+    parser.add_argument("--max-backlog", type=int, default=50,
+                        help="unanswered messages allowed before the next batch waits (50)")
     parser.add_argument("--after", type=int, default=20,
                         help="valid messages sent once the fuzz is over (20)")
     parser.add_argument("--max-restarts", type=int, default=25,
