@@ -54,9 +54,11 @@ SETTLE_LIMIT = 900.0  # the longest wait for a backlog that keeps shrinking
 STALL = 30.0  # a backlog that has not shrunk for this long is left as it is
 CRASH_LOOP = 4  # deaths in a row without anything new taken in
 TELEGRAM_FIRST_ID = 1_000_000  # the soak numbers its updates itself, from here
-# Seconds between a chat's sends: the fakes do not rate-limit, and thousands of replies into
-# one channel at the default pace would take the soak hours.
-PACING = 0.05
+# Seconds between two sends to one Discord channel: the fuzz's guild messages all go to one
+# channel, and thousands of replies there at the default 1.2 s would take the soak hours.
+# Telegram's fuzz spreads over hundreds of chats and keeps its defaults: faster pacing there
+# only floods the client's connection pool.
+DISCORD_PACING = 0.2
 ADAPTER_EVENTS = re.compile(
     r"\badapter\b.*\b(stopped|died|crash\w*|fail\w*|restart\w*)|\brestart(ing|ed)?\b",
     re.IGNORECASE)
@@ -360,14 +362,13 @@ class Soak:
                 await self.tg.start()
                 channels: Json = {"telegram": {
                     "token": self.tg.token, "api_base_url": self.tg.base_url,
-                    "file_base_url": self.tg.base_file_url, "poll_timeout": 2,
-                    "edit_interval": PACING, "draft_interval": PACING}}
+                    "file_base_url": self.tg.base_file_url, "poll_timeout": 2}}
                 ready, url = r"telegram: polling as @", None
             else:
                 self.dc = FuzzDiscord(token=DISCORD_TOKEN)
                 await self.dc.start()
                 self.world = self._world(self.dc)
-                channels = {"discord": {"token": DISCORD_TOKEN, "edit_interval": PACING}}
+                channels = {"discord": {"token": DISCORD_TOKEN, "edit_interval": DISCORD_PACING}}
                 ready, url = r"discord: connected as", self.dc.base_url
             config = service_config(self.data_dir, llm.base_url, channels)
             self.service = ServiceProcess.for_platform(self.platform, self.args.repo, config,
