@@ -211,7 +211,11 @@ class Soak:
             items = discord_dispatches(args.seed, args.count, valid_every=args.valid_every,
                                        world=self.world)
         batch: list[tuple[bool, Json]] = []
+        deadline = time.monotonic() + args.budget * 60
         for item in items:
+            if time.monotonic() > deadline:
+                self.outcome.stopped_early = f"time budget ({args.budget:g} min) spent"
+                return
             batch.append(item)
             if len(batch) >= args.batch and item[0]:
                 if not await self.send_batch(batch):
@@ -481,6 +485,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="valid messages sent once the fuzz is over (20)")
     parser.add_argument("--max-restarts", type=int, default=25,
                         help="service restarts per platform before giving up (25)")
+    parser.add_argument("--budget", type=float, default=30.0,
+                        help="minutes of fuzz per platform before the rest is left out (30)")
     parser.add_argument("--handled", default=r"quarantin",
                         help="regex: a log record whose message matches it is a deliberate, "
                              "handled quarantine and its traceback is not counted as unhandled")
