@@ -17,10 +17,11 @@ then looks at the chat as a user would:
 
 Per platform: `--trials` kill -9 trials (every fourth one in the send→record window) and half
 as many SIGTERM trials (every fifth in that window). A window trial watches the fake for the
-final text of the reply and signals the service from inside the fake's request handler, before
-the service hears that the send succeeded: what kill -9 doubles there is the at-least-once
-remainder. The window's width is measured on undisturbed turns: from the final send arriving
-at the fake to the turn's row appearing in the SQLite `turns` table (polled every millisecond).
+final send (the first that carries the whole reply) and signals the service from inside the
+fake's request handler, before the service hears that the send succeeded: what kill -9 doubles
+there is the at-least-once remainder. The window's width is measured on undisturbed turns:
+from the final send arriving at the fake to the turn's row appearing in the SQLite `turns`
+table (polled every millisecond).
 
 The random moments come from `--seed`; the processes' own timing does not, so two runs with
 one seed ask the same questions and may get slightly different answers.
@@ -79,8 +80,11 @@ NEVER_STORED_AFTER = 8.0  # seconds after a restart without an inbox row: the me
 SETTLE_LIMIT = 30.0
 SIGTERM_LIMIT = 20.0  # a SIGTERM not obeyed by then counts as hung and is followed by kill -9
 
-# What a final send looks like to the watching fake: the chat and the text shown.
-OnText = Callable[[str, str, bool], None]  # chat key, shown text, whether it is the final form
+# The watching fakes report every text the bot shows: the chat, the text, and whether it is the
+# whole reply. The first send that carries the whole reply is the final send: from then on the
+# person has the answer and only the record is missing. (A service may still re-send the same
+# text with formatting; that edit falls inside the window.)
+OnText = Callable[[str, str, bool], None]
 
 
 class WatchedTelegram(FakeTelegram):
@@ -100,9 +104,8 @@ class WatchedTelegram(FakeTelegram):
 
     def _seen(self, params: Json, message: Json) -> None:
         if self.on_text is not None:
-            # The final version of a reply is the one sent with formatting (HTML).
-            final = str(params.get("parse_mode") or "").upper() == "HTML"
-            self.on_text(str(message["chat"]["id"]), str(message.get("text", "")), final)
+            text = str(message.get("text", ""))
+            self.on_text(str(message["chat"]["id"]), text, text.strip() == FULL)
 
 
 class WatchedDiscord(FakeDiscord):
@@ -122,7 +125,6 @@ class WatchedDiscord(FakeDiscord):
 
     def _seen(self, cid: int, status: int, payload: Any) -> None:
         if self.on_text is not None and status == 200:
-            # Discord has no formatting pass: the final text is the one equal to the reply.
             text = str(payload.get("content") or "")
             self.on_text(str(cid), text, text.strip() == FULL)
 
@@ -447,9 +449,10 @@ def plan(platform: str, kill_trials: int, term_trials: int, calibration: int,
                  for n in range(calibration)]
     trials: list[Trial] = []
     for name, count, every in (("kill -9", kill_trials, 4), ("SIGTERM", term_trials, 5)):
-        for i in range(count):
-            mode = "window" if i % every == every - 1 else "random"
-            trials.append(Trial(platform, 0, ("dm", "group")[i % 2], name, mode))
+        windows = count // every
+        # DMs and groups take turns within each mode, so both kinds get window trials.
+        for mode, n in (("window", windows), ("random", count - windows)):
+            trials += [Trial(platform, 0, ("dm", "group")[i % 2], name, mode) for i in range(n)]
     rng.shuffle(trials)
     for number, trial in enumerate(trials, start=calibration):
         trial.number = number
@@ -533,9 +536,14 @@ def report(trials: list[Trial], notes: list[str], header: str) -> str:
         if not window:
             continue
         missed = sum(t.window_missed for t in window)
+        parts = sorted({(t.platform, t.kind) for t in window})
+        detail = ", ".join(
+            f"{p} {k} {sum(t.doubled for t in window if (t.platform, t.kind) == (p, k))}/"
+            f"{sum((t.platform, t.kind) == (p, k) for t in window)}" for p, k in parts)
         out.append(f"{sig} in the send→record window: {len(window)} trials, "
-                   f"{sum(t.doubled for t in window)} doubled, {sum(t.lost for t in window)} lost"
-                   + (f" ({missed} never reached the window)" if missed else ""))
+                   f"{sum(t.doubled for t in window)} doubled ({detail}), "
+                   f"{sum(t.lost for t in window)} lost"
+                   + (f"; {missed} never reached the window" if missed else ""))
     widths_ms = [w * 1000 for t in trials if (w := t.window) is not None]
     if widths_ms:
         out.append(f"window width (final send at the fake → turn row in SQLite, 1 ms polling): "

@@ -6,7 +6,8 @@
 Per platform, `--count` mutated payloads from tests/trials/mutations.py (Telegram updates
 pushed to the fake Bot API; Discord gateway dispatches sent raw on the fake's live session),
 with a valid message after every `--valid-every`. They go in batches; after each batch the
-soak waits until the batch's valid message is stored, or the service has died. A dead service
+soak waits until the batch's valid message is stored (or the service has died) and until at
+most `--max-backlog` stored messages still wait for their answer. A dead service
 is started again and counted, up to `--max-restarts`; a service that dies again without taking
 in anything new is in a crash loop, and the fuzz stops there (the report says how much of it
 got through). Then `--after` valid messages are sent and must each be answered exactly once.
@@ -49,9 +50,15 @@ from tests.trials.mutations import DiscordWorld, discord_dispatches, telegram_up
 
 DISCORD_TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.hearth-soak.s3cret-t0ken-value"
 BATCH_LIMIT = 60.0  # seconds a batch may take to be taken in
-SETTLE_LIMIT = 90.0
+SETTLE_LIMIT = 900.0  # the longest wait for a backlog that keeps shrinking
+STALL = 30.0  # a backlog that has not shrunk for this long is left as it is
 CRASH_LOOP = 4  # deaths in a row without anything new taken in
 TELEGRAM_FIRST_ID = 1_000_000  # the soak numbers its updates itself, from here
+# Seconds between two sends to one Discord channel: the fuzz's guild messages all go to one
+# channel, and thousands of replies there at the default 1.2 s would take the soak hours.
+# Telegram's fuzz spreads over hundreds of chats and keeps its defaults: faster pacing there
+# only floods the client's connection pool.
+DISCORD_PACING = 0.2
 ADAPTER_EVENTS = re.compile(
     r"\badapter\b.*\b(stopped|died|crash\w*|fail\w*|restart\w*)|\brestart(ing|ed)?\b",
     re.IGNORECASE)
@@ -96,6 +103,8 @@ class Outcome:
     expected: list[Expected] = field(default_factory=list)
     answers: list[int] = field(default_factory=list)  # bot messages per expected message
     log: LogSummary | None = None
+    log_bytes: int = 0
+    states: dict[str, int] = field(default_factory=dict)  # inbox rows by state at the end
     seconds: float = 0.0
 
 
@@ -202,7 +211,11 @@ class Soak:
             items = discord_dispatches(args.seed, args.count, valid_every=args.valid_every,
                                        world=self.world)
         batch: list[tuple[bool, Json]] = []
+        deadline = time.monotonic() + args.budget * 60
         for item in items:
+            if time.monotonic() > deadline:
+                self.outcome.stopped_early = f"time budget ({args.budget:g} min) spent"
+                return
             batch.append(item)
             if len(batch) >= args.batch and item[0]:
                 if not await self.send_batch(batch):
@@ -221,9 +234,12 @@ class Soak:
             else:
                 self.outcome.pushed += 1
             self.outcome.delivered += self.push(payload, valid)
-        if last is None or await self.wait_stored(last):
-            return True
-        return await self.ensure_running()
+        if last is not None and not await self.wait_stored(last):
+            return await self.ensure_running()
+        # Answers are not awaited one by one, but the backlog is kept bounded: the soak
+        # measures what malformed input does, not how many chats the service can serve at once.
+        await self.drain(self.args.max_backlog)
+        return True
 
     def push(self, payload: Json, valid: bool) -> int:
         if self.tg is not None:
@@ -248,21 +264,36 @@ class Soak:
 
     # ---- after the fuzz ----------------------------------------------------------------------
 
-    async def settle(self) -> None:
-        """Until nothing is left unanswered and the fake has been quiet for two seconds."""
+    def backlog(self) -> int:
+        """Messages stored but not answered yet."""
+        rows = self.db.query("select count(*) from inbox where platform = ? and "
+                             "state = 'received'", self.platform)
+        return int(rows[0][0]) if rows else 0
+
+    async def drain(self, limit: int, quiet: float = 0.0) -> None:
+        """Until at most `limit` messages wait for an answer (and the bot has made no call
+        for `quiet` seconds), or the backlog has stopped shrinking for STALL seconds."""
+        calls, quiet_since = -1, time.monotonic()
+        smallest, shrunk_at = self.backlog(), time.monotonic()
         deadline = time.monotonic() + SETTLE_LIMIT
-        calls = -1
-        quiet_since = time.monotonic()
         while time.monotonic() < deadline:
             if not await self.ensure_running():
                 return
-            now_calls = self.bot_calls()
-            if now_calls != calls:
-                calls, quiet_since = now_calls, time.monotonic()
-            pending = self.db.query("select count(*) from inbox where state = 'received'")
-            if pending and pending[0][0] == 0 and time.monotonic() - quiet_since >= 2.0:
+            now = time.monotonic()
+            if (count := self.bot_calls()) != calls:
+                calls, quiet_since = count, now
+            waiting = self.backlog()
+            if waiting < smallest:
+                smallest, shrunk_at = waiting, now
+            if waiting <= limit and now - quiet_since >= quiet:
+                return
+            if now - shrunk_at > STALL:
                 return
             await asyncio.sleep(0.2)
+
+    async def settle(self) -> None:
+        """Until nothing is left unanswered and the fake has been quiet for two seconds."""
+        await self.drain(0, quiet=2.0)
 
     async def after(self) -> None:
         """Valid messages once the fuzz is over: each must be answered exactly once.
@@ -294,7 +325,7 @@ class Soak:
                                            mention_bot=True)
                 self.outcome.expected.append(Expected(str(msg["channel_id"]), str(msg["id"]),
                                                       False, reference=k % 2 == 1))
-        deadline = time.monotonic() + SETTLE_LIMIT
+        deadline = time.monotonic() + BATCH_LIMIT
         while time.monotonic() < deadline:
             # A service that cannot stay up is still given its chances to answer.
             await self.ensure_running()
@@ -341,7 +372,7 @@ class Soak:
                 self.dc = FuzzDiscord(token=DISCORD_TOKEN)
                 await self.dc.start()
                 self.world = self._world(self.dc)
-                channels = {"discord": {"token": DISCORD_TOKEN}}
+                channels = {"discord": {"token": DISCORD_TOKEN, "edit_interval": DISCORD_PACING}}
                 ready, url = r"discord: connected as", self.dc.base_url
             config = service_config(self.data_dir, llm.base_url, channels)
             self.service = ServiceProcess.for_platform(self.platform, self.args.repo, config,
@@ -368,6 +399,10 @@ class Soak:
                 if self.dc is not None:
                     await self.dc.stop()
             self.outcome.log = read_log(self.service.stderr_path.read_text("utf-8", "replace"))
+            self.outcome.log_bytes = self.service.stderr_path.stat().st_size
+            self.outcome.states = {str(state): int(n) for state, n in self.db.query(
+                "select state, count(*) from inbox where platform = ? group by state",
+                self.platform)}
         self.outcome.seconds = time.monotonic() - started
         return self.outcome
 
@@ -407,16 +442,21 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, handled: re.Patter
         for ending, n in o.endings.most_common(5):
             out.append(f"    {n} x {ending}")
         out.append(f"  adapter deaths/restarts in the log: {len(adapter)}")
-        for message, n in collections.Counter(r.message[:120] for r in adapter).most_common(4):
+        for message, n in collections.Counter(
+                re.sub(r"-?\d+", "#", r.message)[:120] for r in adapter).most_common(4):
             out.append(f"    {n} x {message}")
         out.append(f"  tracebacks in the log: {tracebacks}, of which handled (quarantine) "
                    f"{handled_tb}, unhandled {tracebacks - handled_tb}; outside any log record "
                    f"{o.log.raw_tracebacks}")
+        # Told apart by what they say, not by which message or chat they name.
         unhandled = collections.Counter(
-            f"{r.level} {r.name}: {r.message[:90]}" for r in o.log.records
-            if r.tracebacks and not handled.search(r.message))
+            re.sub(r"-?\d+", "#", f"{r.level} {r.name}: {r.message}")[:100]
+            for r in o.log.records if r.tracebacks and not handled.search(r.message))
         for record, n in unhandled.most_common(5):
             out.append(f"    {n} x {record}")
+        out.append("  inbox at the end: " + ", ".join(
+            f"{state} {n}" for state, n in sorted(o.states.items())) + f"; log "
+            f"{o.log_bytes / 1e6:.1f} MB")
         out.append(_answered("valid messages during the fuzz", during))
         out.append(_answered("valid messages after the fuzz", after))
         out.append("")
@@ -439,10 +479,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a valid message after every N mutated ones (50)")
     parser.add_argument("--batch", type=int, default=100,
                         help="payloads pushed before waiting for them to be taken in (100)")
+    parser.add_argument("--max-backlog", type=int, default=50,
+                        help="unanswered messages allowed before the next batch waits (50)")
     parser.add_argument("--after", type=int, default=20,
                         help="valid messages sent once the fuzz is over (20)")
     parser.add_argument("--max-restarts", type=int, default=25,
                         help="service restarts per platform before giving up (25)")
+    parser.add_argument("--budget", type=float, default=30.0,
+                        help="minutes of fuzz per platform before the rest is left out (30)")
     parser.add_argument("--handled", default=r"quarantin",
                         help="regex: a log record whose message matches it is a deliberate, "
                              "handled quarantine and its traceback is not counted as unhandled")
