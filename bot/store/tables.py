@@ -116,6 +116,16 @@ class TurnRow(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(default=None)
     completion_tokens: Mapped[int | None] = mapped_column(default=None)
     tool_calls: Mapped[str | None] = mapped_column(Text, default=None)  # JSON list
+    # Chain of thought: kept here for the owner, never delivered as chat text.
+    thinking: Mapped[str | None] = mapped_column(Text, default=None)
+    thinking_ms: Mapped[int | None] = mapped_column(default=None)
+    cached_tokens: Mapped[int | None] = mapped_column(default=None)
+    platform: Mapped[str | None] = mapped_column(String(32), default=None)
+    chat_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    # The configured model this turn was meant for, when a fallback answered instead.
+    fallback_from: Mapped[str | None] = mapped_column(String(256), default=None)
+
+    __table_args__ = (Index("ix_turns_persona_received", "persona", "received_at"),)
 
 
 class PairingCodeRow(Base):
