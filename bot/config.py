@@ -40,6 +40,9 @@ class ModelSpec:
     # "{path}" in the managed command stands for it).
     path: str | None = None
     engine: Literal["llama-cpp", "mlx"] | None = None
+    # A model that can think before it answers (chain of thought): only then is a persona's
+    # `params.think` sent to the backend.
+    reasoning: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,11 @@ class GenerationParams:
     temperature: float = 0.2
     top_p: float = 0.9
     repeat_penalty: float = 1.1
+    # Caps the reply below the model's own `max_tokens` (never above it).
     max_tokens: int | None = None
+    # Chain of thought for models marked `reasoning`: true asks the backend to think first,
+    # false to answer straight away, null leaves it to the model's default.
+    think: bool | None = None
 
 
 @dataclass(frozen=True)

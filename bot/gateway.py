@@ -64,6 +64,7 @@ class Gateway:
         # was handed `approvals.approve` when the service was wired).
         self.approvals = approvals if approvals is not None else Approvals(store, self._roles)
         self._admin_persona = next((n for n, p in personas.items() if p.role == "admin"), None)
+        self.thought_lines = commands.ThoughtLines()  # /think, per chat
         self._records: set[asyncio.Future[None]] = set()
         # Token meters and running summaries; its background work stops with `settle`.
         self.context = ContextKeeper(store, context or ContextSpec(), self._shielded)
@@ -172,7 +173,7 @@ class Gateway:
             name, argument = command
             text = await commands.run(name, commands.CommandCall(
                 event, argument, persona, self.store, self._admin_persona, self.models,
-                self._chat_context(event, persona)))
+                self._chat_context(event, persona), self.thought_lines))
             return await self._finish(inbox_id, event, reply, text, MessageStatus.ANSWERED)
         if not (event.text.strip() or event.voice):  # a bare mention, a sticker, a photo
             text = GREETING if event.mentioned else UNSUPPORTED
@@ -184,7 +185,8 @@ class Gateway:
         context = (ToolContext(persona, event.platform, event.chat_id, self.data_dir)
                    if self.data_dir is not None else None)
         agent = AgentLoop(self.models.target(persona.model), persona, self.tools, context)
-        turn = Turn(self.store, agent, inbox_id, event, speaker, self._shielded, self.context)
+        turn = Turn(self.store, agent, inbox_id, event, speaker, self._shielded, self.context,
+                    show_thinking=self.thought_lines.shown(event))
         return await turn.run(reply.deliver, deliver_voice)
 
     def _chat_context(self, event: InboundEvent, persona: Persona) -> ChatContext:

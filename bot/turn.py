@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bot import prompt_window
-from bot.agent import AgentLoop, ToolStatus
+from bot.agent import AgentLoop, CutShort, ToolStatus
 from bot.errors import DeliveryError, ProviderError
 from bot.events import (
     InboundEvent,
@@ -31,7 +31,7 @@ from bot.events import (
     ReplyStatus,
     ReplyText,
 )
-from bot.providers import ChatMessage
+from bot.providers import ChatMessage, ThinkingDelta
 from bot.store import Store
 from bot.store.history import Conversation, TurnRecord, open_conversation, save_turn
 from bot.summaries import ContextKeeper, Job, output_budget
@@ -52,6 +52,15 @@ Shield = Callable[[Awaitable[None]], Awaitable[None]]
 DeliverVoice = Callable[[InboundEvent, Awaitable["SpokenClip | None"]], Awaitable[None]]
 
 EMPTY_REPLY = "The model had nothing to say to that. Please try rephrasing."
+# A model that thought and never answered: its thoughts are not the answer, so they are not
+# shown; this sentence is.
+THOUGHT_ONLY_REPLY = "I thought it over but reached no answer. Please try asking again."
+THOUGHT_CUT_REPLY = ("I ran out of room while still thinking, before I could answer. Please "
+                     "ask again, perhaps a narrower question.")
+# Ends an answer cut at the token cap, so it never just stops mid-word. The voice says the
+# short form: the reply does not trail off into silence either.
+CUT_MARKER = " …\n\n(cut off at the length limit)"
+SPOKEN_CUT_MARKER = " … Cut off at the length limit."
 CUT_REPLY_NOTE = ("(Your message was too long for me to read whole: I read the first "
                   "{read:,} of its {total:,} characters.)\n\n")
 DELIVERY_FAILED = "delivery failed"
@@ -82,7 +91,7 @@ class TurnResult:
 class Turn:
     def __init__(self, store: Store, agent: AgentLoop, inbox_id: int,
                  event: InboundEvent, speaker: Speaker | None, shield: Shield,
-                 context: ContextKeeper) -> None:
+                 context: ContextKeeper, *, show_thinking: bool = False) -> None:
         self.store = store
         self.agent = agent
         self.context = context
@@ -99,6 +108,13 @@ class Turn:
         self.failure: str | None = None
         self.prompt: prompt_window.Prompt | None = None
         self._learned = False
+        # The chain of thought, for the record only, and the seconds spent on it; the owner
+        # may ask (/think on) for a "thought for N s" line under the answer.
+        self.show_thinking = show_thinking
+        self.thoughts: list[str] = []
+        self.thinking_seconds = 0.0
+        self._thinking_since: float | None = None
+        self.cut_short = False
 
     async def run(self, send: SendReply, deliver_voice: DeliverVoice | None) -> TurnResult:
         conversation = await open_conversation(self.store, self.event.platform,
@@ -182,13 +198,21 @@ class Turn:
                          self.event.platform, self.event.message_id, read, total)
                 yield ReplyText(CUT_REPLY_NOTE.format(read=read, total=total))
             async for delta in self.agent.reply(prompt.messages):
+                if isinstance(delta, ThinkingDelta):
+                    self._heard_thinking(delta.text)
+                    continue  # the adapter keeps its typing indicator on meanwhile
+                self._thinking_stopped()
                 if isinstance(delta, ToolStatus):
                     yield ReplyStatus(delta.text)
+                    continue
+                if isinstance(delta, CutShort):
+                    self.cut_short = True
                     continue
                 self._heard_text(delta.text)
                 if self.speaker is not None:
                     await self._feed_speaker(delta.text)
                 yield ReplyText(delta.text)
+            self._thinking_stopped()
         except ProviderError as exc:
             self.failure = str(exc)
             log.warning("turn for %s message %s failed: %s", self.event.platform,
@@ -203,8 +227,32 @@ class Turn:
             yield ReplyFailed(ProviderError.user_message)
             return
         if not "".join(self.pieces).strip():
+            if self.thoughts:
+                self.failure = "the model only thought and gave no answer"
+                yield ReplyFailed(THOUGHT_CUT_REPLY if self.cut_short else THOUGHT_ONLY_REPLY)
+                return
             self.failure = "the model returned no text"
             yield ReplyFailed(EMPTY_REPLY)
+            return
+        # Marker and line are for the reader only: the history keeps the model's own words.
+        if self.cut_short:
+            if self.speaker is not None:
+                await self._feed_speaker(SPOKEN_CUT_MARKER)
+            yield ReplyText(CUT_MARKER)
+        if self.show_thinking and self.thoughts:
+            yield ReplyText(f"\n\n({thought_line(self.thinking_seconds)})")
+
+    def _heard_thinking(self, text: str) -> None:
+        if self._thinking_since is None:
+            self._thinking_since = time.perf_counter()
+            if self.thoughts:  # a later step's thoughts, after a tool ran
+                self.thoughts.append("\n\n")
+        self.thoughts.append(text)
+
+    def _thinking_stopped(self) -> None:
+        if self._thinking_since is not None:
+            self.thinking_seconds += time.perf_counter() - self._thinking_since
+            self._thinking_since = None
 
     def _heard_text(self, text: str) -> None:
         if self.first_token_at is None:
@@ -223,6 +271,7 @@ class Turn:
             self.speaker = None
 
     async def _record(self, session_id: int) -> None:
+        self._thinking_stopped()  # a reply that broke off mid-thought
         await save_turn(self.store, TurnRecord(
             inbox_id=self.inbox_id, session_id=session_id, persona=self.persona.name,
             model=self.target.label, received_at=_naive(self.event.received_at),
@@ -233,6 +282,8 @@ class Turn:
             tool_calls=tuple(f"{c.tool}:{c.outcome}:{c.audit_id}" for c in self.agent.run.calls),
             status=self.status, error=self.failure, user_text=self.event.text,
             user_transcribed=self.event.transcribed, reply_text="".join(self.pieces),
+            thinking="".join(self.thoughts) or None,
+            thinking_ms=round(self.thinking_seconds * 1000) if self.thoughts else None,
         ))
 
     async def _speak(self, deliver_voice: DeliverVoice) -> None:
@@ -246,6 +297,13 @@ class Turn:
             # The text reply has arrived; a missing voice note is logged, not retried.
             log.exception("the spoken reply to %s chat %s failed", self.event.platform,
                           self.event.chat_id)
+
+
+def thought_line(seconds: float) -> str:
+    """The short line the owner may ask for under a reply that was thought over first."""
+    if seconds < 1:
+        return "thought for under a second"
+    return f"thought for {seconds:.0f} s"
 
 
 def _naive(moment: datetime) -> datetime:

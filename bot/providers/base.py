@@ -28,6 +28,14 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ThinkingDelta:
+    """A piece of the model's chain of thought: kept in the turn's record, never shown as the
+    reply, never spoken, never sent back to the model as history."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolCallDelta:
     """One complete tool call the model made; several may come in one reply.
 
@@ -89,7 +97,10 @@ class StreamEnd:
     completion_tokens: int | None = None
 
 
-Delta = TextDelta | ToolCallDelta | StreamEnd
+Delta = TextDelta | ThinkingDelta | ToolCallDelta | StreamEnd
+
+# The finish reason every backend's stream reports for a reply cut off by its token cap.
+LENGTH = "length"
 
 
 class ChatProvider(Protocol):
@@ -152,6 +163,20 @@ def offered_tools(model: ModelSpec, tools: Sequence[ToolSpec]) -> tuple[ToolSpec
     and its text is never read as a tool call.
     """
     return tuple(tools) if TOOLS_CAPABILITY in model.capabilities else ()
+
+
+def output_cap(model: ModelSpec, params: GenerationParams) -> int:
+    """The most tokens one request may write: the model's `max_tokens`, or the persona's when
+    that is smaller. Every backend sends it with every request."""
+    if params.max_tokens is None:
+        return model.max_tokens
+    return min(params.max_tokens, model.max_tokens)
+
+
+def thinking_switch(model: ModelSpec, params: GenerationParams) -> bool | None:
+    """Whether to tell the backend to think (True), not to (False), or nothing (None): only a
+    model marked `reasoning` is told, so a plain model never gets a field it may reject."""
+    return params.think if model.reasoning else None
 
 
 T = TypeVar("T")

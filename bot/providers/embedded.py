@@ -25,6 +25,7 @@ from bot.providers.base import (
     TextDelta,
     ToolSpec,
     offered_tools,
+    output_cap,
 )
 from bot.providers.bundled import bundled_model_path
 from bot.providers.toolcalls import ToolOfferingProvider, function_schema
@@ -348,7 +349,7 @@ class EmbeddedProvider(ToolOfferingProvider):
         def work() -> None:
             try:
                 hand_over(_Finished(engine.generate(
-                    messages, params, params.max_tokens or model.max_tokens, hand_over, cancelled,
+                    messages, params, output_cap(model, params), hand_over, cancelled,
                     tools,
                 )))
             except BaseException as exc:  # the consumer re-raises it on the loop

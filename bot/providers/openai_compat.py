@@ -14,8 +14,11 @@ from bot.providers.base import (
     Delta,
     StreamEnd,
     TextDelta,
+    ThinkingDelta,
     ToolCallDelta,
     ToolSpec,
+    output_cap,
+    thinking_switch,
 )
 from bot.providers.http import HttpBackend, int_or_none, parse_json_line
 from bot.providers.toolcalls import ToolOfferingProvider, function_schema, make_call
@@ -98,7 +101,7 @@ class OpenAICompatProvider(ToolOfferingProvider):
             "stream_options": {"include_usage": True},
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "max_tokens": params.max_tokens or model.max_tokens,
+            "max_tokens": output_cap(model, params),
         }
         if params.repeat_penalty != 1.0:
             # Not part of OpenAI's API, but llama.cpp, mlx_lm.server and vLLM all read it.
@@ -106,6 +109,12 @@ class OpenAICompatProvider(ToolOfferingProvider):
         if tools:
             body["tools"] = [function_schema(t) for t in tools]
             body["tool_choice"] = "auto"
+        if (think := thinking_switch(model, params)) is not None:
+            # No standard field turns thinking on or off; vLLM, llama-server, SGLang and
+            # mlx_lm.server all hand `chat_template_kwargs` to the chat template, and the
+            # templates of switchable models (Qwen3, SmolLM3, GLM, Gemma) read
+            # `enable_thinking`. (`reasoning_effort` only grades effort, it cannot turn off.)
+            body["chat_template_kwargs"] = {"enable_thinking": think}
         finish_reason: str | None = None
         usage: dict[str, object] = {}
         calls = _ToolCallAssembler()
@@ -124,6 +133,11 @@ class OpenAICompatProvider(ToolOfferingProvider):
                 choices: Any = chunk.get("choices") or []
                 for choice in choices:
                     delta = choice.get("delta") or {}
+                    # llama-server and DeepSeek name it `reasoning_content`; vLLM's newer
+                    # releases, OpenRouter and LM Studio `reasoning`.
+                    for key in ("reasoning_content", "reasoning"):
+                        if isinstance(thinking := delta.get(key), str) and thinking:
+                            yield ThinkingDelta(thinking)
                     if content := delta.get("content"):
                         yield TextDelta(str(content))
                     for fragment in delta.get("tool_calls") or []:

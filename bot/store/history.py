@@ -54,6 +54,9 @@ class TurnRecord:
     reply_text: str | None = None
     # Each tool call the turn made, as "tool:outcome:audit id" (the audit row has the rest).
     tool_calls: tuple[str, ...] = ()
+    # The model's chain of thought and the time it took: kept here, never in the history.
+    thinking: str | None = None
+    thinking_ms: int | None = None
 
 
 async def open_conversation(store: Store, platform: str, chat_id: str, persona: str,
@@ -134,6 +137,7 @@ async def save_turn(store: Store, turn: TurnRecord) -> None:
             done_at=turn.done_at, prompt_tokens=turn.prompt_tokens,
             completion_tokens=turn.completion_tokens,
             tool_calls=json.dumps(list(turn.tool_calls)) if turn.tool_calls else None,
+            thinking=turn.thinking, thinking_ms=turn.thinking_ms,
         ))
         if turn.inbox_id is not None:
             await session.execute(update(InboxRow).where(InboxRow.id == turn.inbox_id)
