@@ -37,6 +37,7 @@ from bot.prompt_window import (
     system_message,
 )
 from bot.providers import ChatMessage, Delta, StreamEnd, TextDelta, ToolSpec
+from bot.providers.base import output_cap
 from bot.store import Store
 from bot.store.history import (
     Conversation,
@@ -56,7 +57,8 @@ SUMMARY_PROMPT = (
     "preference, decision and open request. Write plain sentences, at most {words} words, "
     "and nothing but the summary."
 )
-SUMMARY_PARAMS = GenerationParams(temperature=0.2)
+# No chain of thought: thoughts would spend the summary's small token budget and are dropped.
+SUMMARY_PARAMS = GenerationParams(temperature=0.2, think=False)
 # After a failed summary the next attempt waits 0, 1, 3, 7, then 15 turns: a model that is
 # down is asked again now and then, never in a loop.
 MAX_WAIT_TURNS = 15
@@ -95,7 +97,7 @@ class Folded:
 
 
 def output_budget(persona: Persona, target: ModelTarget) -> int:
-    return persona.params.max_tokens or target.model.max_tokens
+    return output_cap(target.model, persona.params)
 
 
 class _Lane:
@@ -351,7 +353,8 @@ async def _generate(window: Window, messages: list[ChatMessage], limit: int) -> 
     finish, reported = "stop", None
     params = GenerationParams(temperature=SUMMARY_PARAMS.temperature,
                               top_p=SUMMARY_PARAMS.top_p,
-                              repeat_penalty=SUMMARY_PARAMS.repeat_penalty, max_tokens=limit)
+                              repeat_penalty=SUMMARY_PARAMS.repeat_penalty, max_tokens=limit,
+                              think=SUMMARY_PARAMS.think)
     deltas = cast(AsyncGenerator[Delta, None],
                   target.provider.stream(target.model, messages, params))
     async with aclosing(deltas) as stream:
