@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -91,11 +91,35 @@ class ScriptedReply:
     pause_after_first: asyncio.Event | None = field(default=None, compare=False)
     # Nothing is sent until this event is set: a reply the test holds back.
     hold: asyncio.Event | None = field(default=None, compare=False)
+    # The chain of thought, streamed before the answer (`chunks`) in the form real servers
+    # use: "separate" is Ollama's `message.thinking` and the OpenAI `reasoning_content` field,
+    # "reasoning" the OpenAI `reasoning` field (vLLM, LM Studio), "tag" `<think>…</think>` in
+    # the text, cut into TAG_PIECE-character chunks so the tags straddle chunk boundaries.
+    # A request that turns thinking off (Ollama `think: false`, OpenAI
+    # `chat_template_kwargs.enable_thinking: false`) gets no thoughts, as from a real model.
+    thinking: tuple[str, ...] = ()
+    thinking_form: Literal["separate", "reasoning", "tag"] = "separate"
+    thinking_closed: bool = True  # "tag" only: False leaves the thought open at the end
 
     @classmethod
     def calling(cls, *calls: ToolCall, **options: Any) -> ScriptedReply:
         """A step that only calls tools, as models usually do."""
         return cls(chunks=(), tool_calls=calls, **options)
+
+    def thoughts_and_text(self, thinking_on: bool) -> tuple[list[str], list[str]]:
+        """(thoughts sent apart, text chunks) as the stream carries them."""
+        if not thinking_on or not self.thinking:
+            return [], list(self.chunks)
+        if self.thinking_form != "tag":
+            return list(self.thinking), list(self.chunks)
+        tagged = "<think>" + "".join(self.thinking) + (
+            "</think>\n\n" if self.thinking_closed else "")
+        pieces = [tagged[i:i + TAG_PIECE] for i in range(0, len(tagged), TAG_PIECE)]
+        return [], pieces + list(self.chunks)
+
+
+TAG_PIECE = 5  # "<think>" and "</think>" never fit one piece whole
+
 
 
 @dataclass
@@ -403,10 +427,13 @@ class FakeOllama(_FakeBackend):
             return self._error(404, f'model "{body["model"]}" not found, try pulling it first')
         unload = _is_zero_keep_alive(body.get("keep_alive"))
 
-        def line(text: str, calls: list[Json] | None = None, **extra: Any) -> Json:
+        def line(text: str, calls: list[Json] | None = None, thinking: str = "",
+                 **extra: Any) -> Json:
             out: Json = {"model": body["model"], "created_at": _now_rfc3339()}
             if chat:
                 out["message"] = {"role": "assistant", "content": text}
+                if thinking:
+                    out["message"]["thinking"] = thinking
                 if calls:
                     out["message"]["tool_calls"] = calls
             else:
@@ -457,8 +484,11 @@ class FakeOllama(_FakeBackend):
                 line("".join(reply.chunks), tools, **stats(first_ns)), dumps=_dumps)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
+        # Thinking-capable models think unless the request says `think: false`.
+        thoughts, texts = reply.thoughts_and_text(body.get("think") is not False)
+        lines = [line("", thinking=t, done=False) for t in thoughts]
         # By default one line per tool call: clients must gather calls across lines.
-        lines = [line(c, done=False) for c in reply.chunks]
+        lines += [line(c, done=False) for c in texts]
         if reply.batch_tool_calls and tools:
             lines.append(line("", tools, done=False))
         else:
@@ -616,7 +646,11 @@ class FakeOpenAI(_FakeBackend):
                 chunk["usage"] = None
             return _sse(chunk)
 
-        deltas: list[Json] = [{"content": c} for c in reply.chunks]
+        asked = (body.get("chat_template_kwargs") or {}).get("enable_thinking")
+        thoughts, texts = reply.thoughts_and_text(asked is not False)
+        thought_key = "reasoning" if reply.thinking_form == "reasoning" else "reasoning_content"
+        deltas: list[Json] = [{"content": None, thought_key: t} for t in thoughts]
+        deltas += [{"content": c} for c in texts]
         deltas += _openai_tool_deltas(reply, calls)
         deltas = deltas or [{"content": ""}]
         deltas[0] = {"role": "assistant", **deltas[0]}
