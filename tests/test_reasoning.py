@@ -35,12 +35,14 @@ from bot.providers.thinking import ThinkTagSplitter
 from bot.service import Service, open_service
 from bot.store.bindings import add_binding
 from bot.turn import CUT_MARKER, THOUGHT_CUT_REPLY
+from bot.voice.stt import Transcriber
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.llm_backends import FakeOllama, FakeOpenAI, ScriptedReply
 from tests.fakes.telegram import FakeTelegram
 from tests.support.discord import STRANGER_ID, bot_messages, serving, settled
 from tests.support.helpers import db_rows, make_config, until
 from tests.support.telegram import OWNER, STRANGER, texts
+from tests.support.voice import heard
 
 Fake = FakeOllama | FakeOpenAI
 Form = Literal["separate", "reasoning", "tag"]
@@ -175,6 +177,21 @@ async def test_the_switch_and_the_cap_reach_every_request(fake: Fake) -> None:
         # A model told not to think does not (the fake obeys as real templates do).
         assert bool(parts(deltas)[0]) == (switch is not False)
     await provider.close()
+
+
+async def test_a_long_think_does_not_trip_the_first_token_timeout(fake: Fake) -> None:
+    # Thoughts for longer in all than the first-token timeout, each piece well within the read
+    # timeout: the backend is alive and answering, so the reply must arrive.
+    fake.script(ScriptedReply(chunks=("Done.",), thinking=tuple(f"step {n}. " for n in range(6)),
+                              token_delay=0.8))
+    kind: Literal["ollama", "openai-compat"] = (
+        "ollama" if isinstance(fake, FakeOllama) else "openai-compat")
+    provider = build_provider("test", ProviderSpec(
+        type=kind, base_url=fake.base_url, models=(REASONING,), first_token_timeout=3.0,
+        read_timeout=5.0))
+    deltas = await collect(provider.stream(REASONING, QUESTION, GenerationParams(think=True)))
+    await provider.close()
+    assert parts(deltas) == ("".join(f"step {n}. " for n in range(6)), "Done.")
 
 
 async def test_json_inside_a_thought_is_not_a_tool_call(fake: Fake) -> None:
@@ -362,6 +379,11 @@ async def test_the_voice_reply_speaks_only_the_answer(
     assert "pineapples grow" in said.lower() and "trees" in said
     assert SECRET not in said and "hidden" not in said and "think" not in said
     assert texts(fake_tg, OWNER)[0] == "".join(ANSWER)
+    # And what the voice note really says, heard back by the real speech-to-text.
+    (voice,) = fake_tg.voices_sent
+    heard_back = (await Transcriber().transcribe(voice.files["voice"])).text.lower()
+    assert heard(heard_back, "pineapples", "grow", "plants", "trees") >= 3, heard_back
+    assert heard(heard_back, "zebra", "hidden", "sentence") == 0, heard_back
 
 
 async def test_a_cut_voice_reply_ends_with_the_short_spoken_marker(
