@@ -134,10 +134,11 @@ class OpenAICompatProvider(ToolOfferingProvider):
                 for choice in choices:
                     delta = choice.get("delta") or {}
                     # llama-server and DeepSeek name it `reasoning_content`; vLLM's newer
-                    # releases, OpenRouter and LM Studio `reasoning`.
-                    for key in ("reasoning_content", "reasoning"):
-                        if isinstance(thinking := delta.get(key), str) and thinking:
-                            yield ThinkingDelta(thinking)
+                    # releases, OpenRouter and LM Studio `reasoning`. A server in transition
+                    # may send both with the same text: one is read.
+                    thinking = delta.get("reasoning_content") or delta.get("reasoning")
+                    if isinstance(thinking, str) and thinking:
+                        yield ThinkingDelta(thinking)
                     if content := delta.get("content"):
                         yield TextDelta(str(content))
                     for fragment in delta.get("tool_calls") or []:
