@@ -37,7 +37,7 @@ from bot.store.bindings import add_binding
 from bot.turn import CUT_MARKER, THOUGHT_CUT_REPLY
 from bot.voice.stt import Transcriber
 from tests.fakes.discord import FakeDiscord
-from tests.fakes.llm_backends import FakeOllama, FakeOpenAI, ScriptedReply
+from tests.fakes.llm_backends import FakeOllama, FakeOpenAI, ScriptedReply, ToolCall
 from tests.fakes.telegram import FakeTelegram
 from tests.support.discord import STRANGER_ID, bot_messages, serving, settled
 from tests.support.helpers import db_rows, make_config, until
@@ -272,7 +272,8 @@ class Chat:
 
 
 def reasoning_config(data_dir: Path, tg: FakeTelegram, llm: Fake, *, think: bool | None = True,
-                     voice_replies: str = "off", max_tokens: int = 512) -> Config:
+                     voice_replies: str = "off", max_tokens: int = 512,
+                     capabilities: Sequence[str] = ()) -> Config:
     kind = "ollama" if isinstance(llm, FakeOllama) else "openai-compat"
     params: dict[str, object] = {} if think is None else {"think": think}
     return make_config(
@@ -280,7 +281,7 @@ def reasoning_config(data_dir: Path, tg: FakeTelegram, llm: Fake, *, think: bool
         gateway={"providers": {"thinker": {
             "type": kind, "base_url": llm.base_url, "first_token_timeout": 5,
             "models": [{"id": llm.models[0], "context_window": 8192, "max_tokens": max_tokens,
-                        "reasoning": True}]}}},
+                        "reasoning": True, "capabilities": list(capabilities)}]}}},
         agents={"default": {"active_model": f"thinker/{llm.models[0]}"},
                 "instances": {"admin": {"role": "admin", "params": params,
                                         "voice_replies": voice_replies},
@@ -401,6 +402,26 @@ async def test_a_cut_voice_reply_ends_with_the_short_spoken_marker(
     said = " ".join(spoken)
     assert said.rstrip().endswith("Cut off at the length limit."), said
     assert "(" not in said
+
+
+async def test_thoughts_around_a_tool_call_are_recorded_and_never_sent_back(
+        data_dir: Path, fake_tg: FakeTelegram) -> None:
+    async with FakeOllama() as llm:
+        llm.script(ScriptedReply.calling(ToolCall("knowledge_lookup", {"query": "pineapples"}),
+                                         thinking=(f"I will look it up; {SECRET}.",)),
+                   ScriptedReply(chunks=ANSWER, thinking=("The notes say ground level.",)))
+        config = reasoning_config(data_dir, fake_tg, llm, capabilities=["tools"])
+        async with telegram_chat(config, fake_tg, llm) as chat:
+            fake_tg.push_text(chat_id=OWNER, from_id=OWNER, text="Where do pineapples grow?")
+            await until(lambda: turn_rows(chat.service))
+            rows = turn_rows(chat.service)
+    assert texts(fake_tg, OWNER) == ["".join(ANSWER)]
+    ((thinking, _, status),) = rows
+    assert (thinking, status) == (
+        f"I will look it up; {SECRET}.\n\nThe notes say ground level.", "answered")
+    _, second = llm.chat_bodies()
+    assert any(m.get("tool_calls") for m in second["messages"]), "the call went back"
+    assert SECRET not in history_contents(llm)
 
 
 async def test_a_reply_that_only_thinks_gets_a_plain_sentence_not_an_empty_message(
