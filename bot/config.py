@@ -582,6 +582,11 @@ def _check_capabilities(provider: ProviderSpec, where: str) -> None:
                 raise ConfigError(f"{where}.models[{m}].capabilities[{c}]",
                                   f"unknown capability {capability!r} (expected one of: "
                                   f"{', '.join(CAPABILITIES)})")
+            if capability == "image" and provider.type == "embedded":
+                # Said up front: photos would otherwise be dropped without a word.
+                raise ConfigError(f"{where}.models[{m}].capabilities[{c}]",
+                                  "the embedded engine reads text only; serve a vision model "
+                                  "through an ollama or openai-compat provider")
 
 
 def _check_images(spec: ImagesSpec) -> None:

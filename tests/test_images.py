@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -313,3 +314,38 @@ def test_an_unknown_capability_is_a_config_error_at_its_key_path(data_dir: Path)
     with pytest.raises(ConfigError) as raised:
         make_config(data_dir, images={"max_side": 10})
     assert raised.value.path == "images.max_side"
+    embedded = {"type": "embedded", "models": [{"id": "m", "capabilities": ["image"]}]}
+    with pytest.raises(ConfigError) as raised:
+        make_config(data_dir, gateway={"providers": {"local": embedded}},
+                    agents={"default": {"active_model": "local/m"}})
+    assert raised.value.path == "gateway.providers.local.models[0].capabilities[0]"
+
+
+async def test_the_bundled_model_says_it_cannot_see_and_answers_the_caption(
+        data_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(picture(800, 600))
+    out, err = io.StringIO(), io.StringIO()
+    async with open_service(make_config(data_dir), voice=False) as service:
+        chat = ConsoleChat(service.gateway, out=out, err=err)
+        result = await chat.ask_with_image(f"{path} Say hello.")
+    assert result.status is MessageStatus.ANSWERED
+    said = out.getvalue()
+    assert said.startswith(f"{CANNOT_SEE}\n\n") and said[len(CANNOT_SEE):].strip(), said
+
+
+async def test_the_model_fakes_refuse_images_their_servers_would_refuse(
+        fake_ollama: FakeOllama, fake_openai: FakeOpenAI) -> None:
+    async with httpx.AsyncClient() as client:
+        refused = await client.post(f"{fake_ollama.base_url}/api/chat", json={
+            "model": fake_ollama.models[0],
+            "messages": [{"role": "user", "content": "hi", "images": ["not base64!"]}]})
+        assert refused.status_code == 400 and "base64" in refused.json()["error"]
+        for part in ({"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}},
+                     {"type": "image_url", "image_url": "data:image/png;base64,AAAA"},
+                     {"type": "picture", "data": "AAAA"}):
+            refused = await client.post(f"{fake_openai.base_url}/chat/completions", json={
+                "model": fake_openai.models[0], "stream": True,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                          part]}]})
+            assert refused.status_code == 400, part

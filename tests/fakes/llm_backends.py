@@ -160,8 +160,9 @@ def _text_and_images(message: Json) -> tuple[str, list[str]]:
     texts = [str(p.get("text") or "") for p in content
              if isinstance(p, dict) and p.get("type") == "text"]
     for part in content:
-        if isinstance(part, dict) and part.get("type") == "image_url":
-            url = str((part.get("image_url") or {}).get("url") or "")
+        image_url = part.get("image_url") if isinstance(part, dict) else None
+        if isinstance(image_url, dict):
+            url = str(image_url.get("url") or "")
             images.append(url.partition(";base64,")[2])
     return "".join(texts), images
 
@@ -202,7 +203,8 @@ def _openai_content_problem(messages: list[Any]) -> str | None:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text" and isinstance(part.get("text"), str):
                 continue
-            url = (part.get("image_url") or {}).get("url") if kind == "image_url" else None
+            image_url = part.get("image_url") if kind == "image_url" else None
+            url = image_url.get("url") if isinstance(image_url, dict) else None
             if not isinstance(url, str):
                 return f"messages[{index}].content: invalid content part {part!r:.80}"
             if url.startswith("data:"):
