@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -184,13 +184,10 @@ class Turn:
                     return
                 if problem is not None:
                     yield ReplyText(f"{problem}\n\n")
+            # The images ride on this turn's own message alone, measured with it.
             self.prompt = prompt = await window.fit(
                 self.persona.system_prompt, conversation.summary, conversation.messages,
-                self.event.text, self.event.transcribed)
-            if self.images:
-                # This turn's own message is the last one; the images ride on it alone.
-                *earlier, own = prompt.messages
-                prompt = replace(prompt, messages=[*earlier, replace(own, images=self.images)])
+                self.event.text, self.event.transcribed, self.images)
             if prompt.left_out:
                 log.warning("%s chat %s: %d earlier messages are not summarized and do not "
                             "fit the window; they are left out of this request",

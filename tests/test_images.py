@@ -4,6 +4,7 @@ them the way its server does. Test pictures are made with Pillow, large on purpo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 from collections.abc import AsyncIterator
@@ -299,6 +300,24 @@ async def test_console_image_sends_a_file_from_disk_with_its_caption(
     assert own_message(fake_ollama)["content"] == "how tall is it?"
     (sent,) = sent_images(last_chat(fake_ollama))
     assert decoded(sent).size == (341, 1024)
+
+
+async def test_an_image_the_window_cannot_hold_is_said_not_sent(
+        data_dir: Path, fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(picture())
+    small = config(data_dir, fake_ollama)
+    provider = small.gateway.providers["vision"]
+    narrow = dataclasses.replace(provider.models[0], context_window=1024, max_tokens=128)
+    small = dataclasses.replace(small, gateway=dataclasses.replace(
+        small.gateway, providers={"vision": dataclasses.replace(provider, models=(narrow,))}))
+    out, err = io.StringIO(), io.StringIO()
+    async with open_service(small, voice=False) as service:
+        chat = ConsoleChat(service.gateway, out=out, err=err)
+        result = await chat.ask_with_image(f"{path} what is it?")
+    assert result.status is MessageStatus.FAILED
+    assert "does not fit in the model's context window" in err.getvalue()
+    assert fake_ollama.chat_bodies() == []
 
 
 # --- config -----------------------------------------------------------------------------------
