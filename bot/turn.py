@@ -58,7 +58,7 @@ EMPTY_REPLY = "The model had nothing to say to that. Please try rephrasing."
 CUT_REPLY_NOTE = ("(Your message was too long for me to read whole: I read the first "
                   "{read:,} of its {total:,} characters.)\n\n")
 DELIVERY_FAILED = "delivery failed"
-CANNOT_SEE = "This model can't see images, so I can only answer the text."
+CANNOT_SEE = "This model can't see images."
 IMAGE_MARKER = "[image]"
 
 

@@ -135,6 +135,12 @@ async def test_a_text_only_model_says_so_in_one_sentence_and_still_answers_the_c
         message = own_message(fake_ollama)
         assert message["content"] == CAPTION and "images" not in message
         assert fake_tg.downloads == [], "an image no model will see is not even downloaded"
+        # A photo alone: the sentence is the whole answer, and the model is not asked.
+        running.tg.push_photo(chat_id=STRANGER, from_id=STRANGER, data=picture(600, 400))
+        await until(lambda: len(texts(fake_tg, STRANGER)) == 2, "the second answer")
+        await running.adapter.idle()
+        assert texts(fake_tg, STRANGER)[1] == CANNOT_SEE
+        assert len(fake_ollama.chat_bodies()) == 1
 
 
 async def test_discord_image_attachments_reach_openai_as_downscaled_image_parts(
