@@ -350,6 +350,9 @@ class ImagesSpec:
     # Longest side, in pixels, after downscaling: what a vision model is sent. Its tokens grow
     # with the pixels, and most vision encoders see no more than about this anyway.
     max_side: int = 1024
+    # Images of one message that reach the model (Discord allows ten attachments): each costs
+    # hundreds of prompt tokens and seconds of encoding; the person is told about the rest.
+    max_per_message: int = 4
 
 
 DEFAULT_HISTORY_DAYS = 90
@@ -594,6 +597,8 @@ def _check_images(spec: ImagesSpec) -> None:
         raise ConfigError("images.max_bytes", "expected a number of bytes above 0")
     if not 64 <= spec.max_side <= 8192:
         raise ConfigError("images.max_side", "expected a number of pixels from 64 to 8192")
+    if spec.max_per_message < 1:
+        raise ConfigError("images.max_per_message", "expected a number of images, 1 or more")
 
 
 def _check_tool_policy(policy: ToolPolicy, where: str) -> None:

@@ -60,6 +60,7 @@ CUT_REPLY_NOTE = ("(Your message was too long for me to read whole: I read the f
 DELIVERY_FAILED = "delivery failed"
 CANNOT_SEE = "This model can't see images."
 IMAGE_MARKER = "[image]"
+FIRST_IMAGES_ONLY = "I looked at the first {count} images only."
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,9 @@ class Turn:
         spec = self.images_spec
         prepared: list[ImagePart] = []
         problem: str | None = None
-        for image in self.event.images:
+        if len(self.event.images) > spec.max_per_message:
+            problem = FIRST_IMAGES_ONLY.format(count=spec.max_per_message)
+        for image in self.event.images[:spec.max_per_message]:
             try:
                 prepared.append(await fetch_and_prepare(image, spec.max_bytes, spec.max_side))
             except ImageError as exc:

@@ -21,7 +21,7 @@ from bot.errors import ConfigError, ImageTooLarge, ImageUnreadable
 from bot.events import MessageStatus
 from bot.images import downscale
 from bot.service import Service, open_service
-from bot.turn import CANNOT_SEE
+from bot.turn import CANNOT_SEE, FIRST_IMAGES_ONLY
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.llm_backends import FakeOllama, FakeOpenAI, ScriptedReply, sent_images
 from tests.fakes.telegram import FakeTelegram
@@ -168,6 +168,22 @@ async def test_discord_image_attachments_reach_openai_as_downscaled_image_parts(
     # EXIF, and the location in it, is gone; transparency is kept, so the logo stays PNG.
     assert not jpeg.getexif() and "exif" not in jpeg.info
     assert png.size == (1024, 256) and png.mode == "RGBA"
+
+
+async def test_images_beyond_the_limit_per_message_are_said_and_not_fetched(
+        data_dir: Path, fake_discord: FakeDiscord, fake_openai: FakeOpenAI) -> None:
+    shots = [fake_discord.add_attachment(picture(400 + n, 300), f"shot{n}.png", "image/png")
+             for n in range(3)]
+    async with open_service(config(data_dir, fake_openai, max_per_message=2),
+                            voice=False) as service, serving(service):
+        msg = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger", content=CAPTION,
+                              attachments=shots)
+        assert await settled(service, msg) is MessageStatus.ANSWERED
+    replies = [m["content"] for m in bot_messages(fake_discord, int(msg["channel_id"]))]
+    assert replies == [f"{FIRST_IMAGES_ONLY.format(count=2)}\n\n{ANSWER}"]
+    assert [decoded(d).width for d in sent_images(last_chat(fake_openai))] == [400, 401]
+    fetched = [c.path for c in fake_discord.calls if c.path.startswith("/attachments/")]
+    assert len(fetched) == 2
 
 
 # --- what goes wrong gets a sentence, and the caption an answer -------------------------------
