@@ -25,7 +25,7 @@ from bot.turn import CANNOT_SEE, FIRST_IMAGES_ONLY
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.llm_backends import FakeOllama, FakeOpenAI, ScriptedReply, sent_images
 from tests.fakes.telegram import FakeTelegram
-from tests.support.discord import STRANGER_ID, bot_messages, serving, settled
+from tests.support.discord import STRANGER_ID, bot_messages, serving, settled, taken
 from tests.support.helpers import Json, db_rows, make_config, until
 from tests.support.telegram import GROUP, STRANGER, Running, acknowledged, start, texts
 
@@ -252,6 +252,25 @@ async def test_a_photo_whose_caption_mentions_the_bot_is_answered_in_a_group(
     assert len(telegram.llm.chat_bodies()) == 1, "the photo without a mention is not answered"
     message = own_message(telegram.llm)
     assert message["content"] == "what breed is this?" and len(message["images"]) == 1
+
+
+async def test_a_discord_image_whose_message_mentions_the_bot_is_answered_in_a_guild(
+        data_dir: Path, fake_discord: FakeDiscord, fake_openai: FakeOpenAI) -> None:
+    async with open_service(config(data_dir, fake_openai), voice=False) as service, \
+            serving(service, message_content_intent=True) as adapter:
+        quiet = fake_discord.guild_message(
+            author_id=STRANGER_ID, author_name="stranger", content="my cat",
+            attachments=[fake_discord.add_attachment(picture(500, 400), "a.png", "image/png")])
+        await taken(adapter, quiet)
+        asked = fake_discord.guild_message(
+            author_id=STRANGER_ID, author_name="stranger", content="what breed is this?",
+            mention_bot=True,
+            attachments=[fake_discord.add_attachment(picture(500, 400), "b.png", "image/png")])
+        assert await settled(service, asked) is MessageStatus.ANSWERED
+    assert [m["content"] for m in bot_messages(fake_discord, fake_discord.channel_id)] == [ANSWER]
+    assert len(fake_openai.chat_bodies()) == 1, "the image without a mention is not answered"
+    text, image = own_message(fake_openai)["content"]
+    assert text["text"] == "what breed is this?" and image["type"] == "image_url"
 
 
 async def test_a_photo_left_unanswered_is_fetched_again_and_answered_after_a_restart(
