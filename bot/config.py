@@ -347,6 +347,21 @@ class ContextSpec:
     margin: float = 0.05
 
 
+@dataclass(frozen=True)
+class ImagesSpec:
+    """Photos and image files sent to the bot, for models whose capabilities list "image"."""
+
+    # Larger files are refused before they are downloaded (the platform says the size first).
+    # Telegram's Bot API serves files up to 20 MB; Discord attachments go up to 500 MB.
+    max_bytes: int = 10_000_000
+    # Longest side, in pixels, after downscaling: what a vision model is sent. Its tokens grow
+    # with the pixels, and most vision encoders see no more than about this anyway.
+    max_side: int = 1024
+    # Images of one message that reach the model (Discord allows ten attachments): each costs
+    # hundreds of prompt tokens and seconds of encoding; the person is told about the rest.
+    max_per_message: int = 4
+
+
 DEFAULT_HISTORY_DAYS = 90
 
 
@@ -367,6 +382,7 @@ class Config:
     voice: VoiceSpec = field(default_factory=VoiceSpec)
     store: StoreSpec = field(default_factory=StoreSpec)
     context: ContextSpec = field(default_factory=ContextSpec)
+    images: ImagesSpec = field(default_factory=ImagesSpec)
     data_dir: str | None = None
 
     def resolve_model(self, reference: str | None) -> tuple[str, ProviderSpec, ModelSpec]:
@@ -468,8 +484,10 @@ def _check_references(config: Config) -> Config:
     if config.gateway.approval_seconds <= 0:
         raise ConfigError("gateway.approval_seconds", "expected a number of seconds above 0")
     _check_context(config.context)
+    _check_images(config.images)
     for name, provider in config.gateway.providers.items():
         where = f"gateway.providers.{name}"
+        _check_capabilities(provider, where)
         if provider.type != "embedded" and not provider.base_url:
             raise ConfigError(f"{where}.base_url",
                               f"required for a provider of type {provider.type}")
@@ -561,6 +579,33 @@ def _check_context(spec: ContextSpec) -> None:
         # Otherwise a fresh summary and the kept turns alone would ask for the next summary.
         raise ConfigError("context.keep_share",
                           "keep_share plus summary_share must stay below summarize_at")
+
+
+# What a model entry may declare: "image" lets photos reach it, "tools" lets tools be offered.
+CAPABILITIES = ("text", "image", "tools")
+
+
+def _check_capabilities(provider: ProviderSpec, where: str) -> None:
+    for m, model in enumerate(provider.models):
+        for c, capability in enumerate(model.capabilities):
+            if capability not in CAPABILITIES:
+                raise ConfigError(f"{where}.models[{m}].capabilities[{c}]",
+                                  f"unknown capability {capability!r} (expected one of: "
+                                  f"{', '.join(CAPABILITIES)})")
+            if capability == "image" and provider.type == "embedded":
+                # Said up front: photos would otherwise be dropped without a word.
+                raise ConfigError(f"{where}.models[{m}].capabilities[{c}]",
+                                  "the embedded engine reads text only; serve a vision model "
+                                  "through an ollama or openai-compat provider")
+
+
+def _check_images(spec: ImagesSpec) -> None:
+    if spec.max_bytes < 1:
+        raise ConfigError("images.max_bytes", "expected a number of bytes above 0")
+    if not 64 <= spec.max_side <= 8192:
+        raise ConfigError("images.max_side", "expected a number of pixels from 64 to 8192")
+    if spec.max_per_message < 1:
+        raise ConfigError("images.max_per_message", "expected a number of images, 1 or more")
 
 
 def _check_tool_policy(policy: ToolPolicy, where: str) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from bot import commands
 from bot.agent import AgentLoop
 from bot.approvals import Approvals
-from bot.config import ContextSpec
+from bot.config import ContextSpec, ImagesSpec
 from bot.errors import DeliveryError, HearthbotError, VoiceError
 from bot.events import InboundEvent, MessageStatus, Reply, ReplyPart, ReplyText
 from bot.model_host import ModelHost
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # speech pulls in audio libraries; a text-only process never 
 
 log = logging.getLogger(__name__)
 
-UNSUPPORTED = "I can read text and voice messages, but not that kind of message yet."
+UNSUPPORTED = "I can read text, voice messages and images, but not that kind of message yet."
 NOT_HEARD = "I couldn't make out that voice note."
 VOICE_OFF = "I can't listen to voice notes here; please send text."
 TOO_LONG = "That voice note is too long for me; please keep it under {:.0f} minutes."
@@ -51,7 +51,8 @@ class Gateway:
     def __init__(self, store: Store, models: ModelHost, personas: Mapping[str, Persona],
                  speech: Speech | None = None, tools: ToolGate | None = None,
                  data_dir: Path | None = None, approvals: Approvals | None = None,
-                 context: ContextSpec | None = None) -> None:
+                 context: ContextSpec | None = None,
+                 images: ImagesSpec | None = None) -> None:
         self.store = store
         self.models = models
         self.personas = personas
@@ -59,6 +60,8 @@ class Gateway:
         # Without a gate (or a place for the tools' data) no persona gets any tool.
         self.tools = tools if data_dir is not None else None
         self.data_dir = data_dir
+        # Adapters read the size cap to pick what to download; turns, how to shrink it.
+        self.images = images or ImagesSpec()
         self._roles = {name: p.role for name, p in personas.items()}
         # Where adapters register how they ask the owner to approve a tool call (the gate
         # was handed `approvals.approve` when the service was wired).
@@ -175,7 +178,7 @@ class Gateway:
                 event, argument, persona, self.store, self._admin_persona, self.models,
                 self._chat_context(event, persona), self.thought_lines))
             return await self._finish(inbox_id, event, reply, text, MessageStatus.ANSWERED)
-        if not (event.text.strip() or event.voice):  # a bare mention, a sticker, a photo
+        if not (event.text.strip() or event.voice or event.images):  # a mention, a sticker
             text = GREETING if event.mentioned else UNSUPPORTED
             return await self._finish(inbox_id, event, reply, text, MessageStatus.ANSWERED)
         speaker = (self.speech.speaker() if self.speech and deliver_voice
@@ -186,7 +189,7 @@ class Gateway:
                    if self.data_dir is not None else None)
         agent = AgentLoop(self.models.target(persona.model), persona, self.tools, context)
         turn = Turn(self.store, agent, inbox_id, event, speaker, self._shielded, self.context,
-                    show_thinking=self.thought_lines.shown(event))
+                    self.images, show_thinking=self.thought_lines.shown(event))
         return await turn.run(reply.deliver, deliver_voice)
 
     def _chat_context(self, event: InboundEvent, persona: Persona) -> ChatContext:

@@ -78,7 +78,7 @@ async def open_service(config: Config, *, voice: bool = True) -> AsyncIterator[S
                          secrets=config.secrets(),
                          approval_seconds=approvals.seconds + ASKER_GRACE_SECONDS)
         gateway = Gateway(store, models, personas, speech, tools, config.data_path(),
-                          approvals, config.context)
+                          approvals, config.context, config.images)
         try:
             yield Service(config, store, models, gateway)
         finally:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from bot import prompt_window
 from bot.agent import AgentLoop, CutShort, ToolStatus
-from bot.errors import DeliveryError, ProviderError
+from bot.config import ImagesSpec
+from bot.errors import DeliveryError, ImageError, ProviderError
 from bot.events import (
     InboundEvent,
     MessageStatus,
@@ -31,7 +32,9 @@ from bot.events import (
     ReplyStatus,
     ReplyText,
 )
+from bot.images import fetch_and_prepare
 from bot.providers import ChatMessage, ThinkingDelta
+from bot.providers.base import ImagePart, sees_images
 from bot.store import Store
 from bot.store.history import Conversation, TurnRecord, open_conversation, save_turn
 from bot.summaries import ContextKeeper, Job, output_budget
@@ -64,6 +67,9 @@ SPOKEN_CUT_MARKER = " … Cut off at the length limit."
 CUT_REPLY_NOTE = ("(Your message was too long for me to read whole: I read the first "
                   "{read:,} of its {total:,} characters.)\n\n")
 DELIVERY_FAILED = "delivery failed"
+CANNOT_SEE = "This model can't see images."
+IMAGE_MARKER = "[image]"
+FIRST_IMAGES_ONLY = "I looked at the first {count} images only."
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,8 @@ class TurnResult:
 class Turn:
     def __init__(self, store: Store, agent: AgentLoop, inbox_id: int,
                  event: InboundEvent, speaker: Speaker | None, shield: Shield,
-                 context: ContextKeeper, *, show_thinking: bool = False) -> None:
+                 context: ContextKeeper, images: ImagesSpec | None = None, *,
+                 show_thinking: bool = False) -> None:
         self.store = store
         self.agent = agent
         self.context = context
@@ -115,6 +122,8 @@ class Turn:
         self.thinking_seconds = 0.0
         self._thinking_since: float | None = None
         self.cut_short = False
+        self.images_spec = images or ImagesSpec()
+        self.images: tuple[ImagePart, ...] = ()
 
     async def run(self, send: SendReply, deliver_voice: DeliverVoice | None) -> TurnResult:
         conversation = await open_conversation(self.store, self.event.platform,
@@ -160,8 +169,10 @@ class Turn:
     def _learn(self, window: prompt_window.Window) -> None:
         """Once per turn: what the backend counted for the first request corrects the guard's
         estimate for this model."""
+        # A request with images is not learned from: the backend's count includes the images'
+        # tokens, which the estimate of text does not, and would skew it for later turns.
         if (self.prompt is not None and self.agent.run.first_prompt_tokens is not None
-                and not self._learned):
+                and not self._learned and not self.images):
             window.learn(self.prompt.estimate, self.agent.run.first_prompt_tokens)
             self._learned = True
 
@@ -182,9 +193,19 @@ class Turn:
     async def _reply(self, window: prompt_window.Window,
                      conversation: Conversation) -> AsyncGenerator[ReplyPart, None]:
         try:
+            if self.event.images:
+                problem = await self._look_at_images()
+                if problem is not None and not (self.images or self.event.text.strip()):
+                    # Nothing left to answer but the sentence itself: the model is not asked.
+                    self.pieces.append(problem)
+                    yield ReplyText(problem)
+                    return
+                if problem is not None:
+                    yield ReplyText(f"{problem}\n\n")
+            # The images ride on this turn's own message alone, measured with it.
             self.prompt = prompt = await window.fit(
                 self.persona.system_prompt, conversation.summary, conversation.messages,
-                self.event.text, self.event.transcribed)
+                self.event.text, self.event.transcribed, self.images)
             if prompt.left_out:
                 log.warning("%s chat %s: %d earlier messages are not summarized and do not "
                             "fit the window; they are left out of this request",
@@ -254,6 +275,33 @@ class Turn:
             self.thinking_seconds += time.perf_counter() - self._thinking_since
             self._thinking_since = None
 
+    async def _look_at_images(self) -> str | None:
+        """Fetch and downscale the event's images for a model that sees them; the sentence
+        for the person when one or more cannot reach it."""
+        if not sees_images(self.target.model):
+            log.info("%s message %s has %d image(s); %s does not see images", self.event.platform,
+                     self.event.message_id, len(self.event.images), self.target.label)
+            return CANNOT_SEE
+        spec = self.images_spec
+        prepared: list[ImagePart] = []
+        problem: str | None = None
+        if len(self.event.images) > spec.max_per_message:
+            problem = FIRST_IMAGES_ONLY.format(count=spec.max_per_message)
+        for image in self.event.images[:spec.max_per_message]:
+            try:
+                prepared.append(await fetch_and_prepare(image, spec.max_bytes, spec.max_side))
+            except ImageError as exc:
+                log.info("%s message %s: image %s left out: %s", self.event.platform,
+                         self.event.message_id, image.ref, exc)
+                problem = problem or exc.user_message
+            except Exception:
+                # The platform could not hand it over (gone, network): said, not raised.
+                log.exception("%s message %s: could not fetch image %s", self.event.platform,
+                              self.event.message_id, image.ref)
+                problem = problem or ImageError.user_message
+        self.images = tuple(prepared)
+        return problem
+
     def _heard_text(self, text: str) -> None:
         if self.first_token_at is None:
             self.first_token_at = datetime.now(UTC)
@@ -280,11 +328,18 @@ class Turn:
             prompt_tokens=self.agent.run.prompt_tokens if self.agent.run.counted else None,
             completion_tokens=self._completion_tokens,
             tool_calls=tuple(f"{c.tool}:{c.outcome}:{c.audit_id}" for c in self.agent.run.calls),
-            status=self.status, error=self.failure, user_text=self.event.text,
+            status=self.status, error=self.failure, user_text=self._user_text(),
             user_transcribed=self.event.transcribed, reply_text="".join(self.pieces),
             thinking="".join(self.thoughts) or None,
             thinking_ms=round(self.thinking_seconds * 1000) if self.thoughts else None,
         ))
+
+    def _user_text(self) -> str:
+        """What the history keeps of the message: its text, marked when images came with it
+        (their bytes are never stored), so later turns know something was shown."""
+        if not self.event.images:
+            return self.event.text
+        return " ".join(part for part in (IMAGE_MARKER, self.event.text) if part)
 
     async def _speak(self, deliver_voice: DeliverVoice) -> None:
         assert self.speaker is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar, runtime_checkable
@@ -56,6 +57,20 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True)
+class ImagePart:
+    """An image for the model, already downscaled and re-encoded (see bot/images.py)."""
+
+    data: bytes = field(repr=False)
+    mime_type: str
+
+    def base64(self) -> str:
+        return base64.b64encode(self.data).decode("ascii")
+
+    def data_url(self) -> str:
+        return f"data:{self.mime_type};base64,{self.base64()}"
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     """One message of the history sent to the model.
 
@@ -70,6 +85,9 @@ class ChatMessage:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     tool_call_id: str | None = None
     tool_name: str | None = None
+    # Images the user sent with this message; only ever on this turn's own user message (the
+    # history keeps text alone), and only for a model that sees images (see `sees_images`).
+    images: tuple[ImagePart, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tool_calls and self.role != "assistant":
@@ -78,6 +96,8 @@ class ChatMessage:
             raise ValueError("a tool message needs the id of the call it answers")
         if self.role != "tool" and (self.tool_call_id or self.tool_name):
             raise ValueError(f"a {self.role} message cannot answer a tool call")
+        if self.images and self.role != "user":
+            raise ValueError(f"a {self.role} message cannot carry images")
 
     @classmethod
     def tool_request(cls, tool_calls: Sequence[ToolCallDelta], text: str = "") -> ChatMessage:
@@ -177,6 +197,19 @@ def thinking_switch(model: ModelSpec, params: GenerationParams) -> bool | None:
     """Whether to tell the backend to think (True), not to (False), or nothing (None): only a
     model marked `reasoning` is told, so a plain model never gets a field it may reject."""
     return params.think if model.reasoning else None
+
+
+IMAGE_CAPABILITY = "image"
+
+
+def sees_images(model: ModelSpec) -> bool:
+    """Whether photos reach `model`: only when its config lists "image".
+
+    The one place that decides it. A model that does not see images is never sent any (a
+    text-only server would reject the request or, worse, read the base64 as text); the person is
+    told so in one sentence instead, and their caption is answered.
+    """
+    return IMAGE_CAPABILITY in model.capabilities
 
 
 T = TypeVar("T")

@@ -141,6 +141,9 @@ def wire_message(message: ChatMessage) -> dict[str, object]:
     versions that number calls also read `id` / `tool_call_id`, which older ones ignore.
     """
     out: dict[str, object] = {"role": message.role, "content": message.content}
+    if message.images:
+        # Ollama takes a message's images as bare base64 (no data: prefix) beside its text.
+        out["images"] = [image.base64() for image in message.images]
     if message.tool_calls:
         # A call whose arguments were unreadable goes back with none: Ollama rejects a string.
         out["tool_calls"] = [{"id": c.id, "function": {"name": c.name, "arguments": c.arguments}}

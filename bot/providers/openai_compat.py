@@ -189,6 +189,13 @@ def wire_message(message: ChatMessage) -> dict[str, object]:
     """A history message as `/v1/chat/completions` reads it: call arguments as JSON text, and
     a result tied to its call by `tool_call_id`."""
     out: dict[str, object] = {"role": message.role, "content": message.content}
+    if message.images:
+        # With images, content becomes a list of parts: the text (if any), then each image as
+        # a data URL. Servers without a vision model refuse the request; the turn never sends
+        # images to a model whose config does not list "image".
+        text = [{"type": "text", "text": message.content}] if message.content else []
+        out["content"] = [*text, *({"type": "image_url", "image_url": {"url": image.data_url()}}
+                                   for image in message.images)]
     if message.tool_calls:
         # Empty content rather than null: several local servers' chat templates choke on null.
         # A malformed call goes back with empty arguments, as to Ollama: servers that re-parse

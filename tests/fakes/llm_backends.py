@@ -22,6 +22,8 @@ measurement in `fake.measured`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import functools
 import hashlib
@@ -148,6 +150,7 @@ class Measured:
 _FAKE_TOKEN = re.compile(r"\d|[^\W\d_]{1,3}|\S")
 MESSAGE_TOKENS = 4  # what the fake's chat template adds around each message
 REPLY_TOKENS = 3  # the assistant header that ends every prompt
+IMAGE_TOKENS = 256  # what one image costs, as a small vision encoder would make it
 
 
 def fake_tokens(text: str) -> int:
@@ -157,16 +160,88 @@ def fake_tokens(text: str) -> int:
 
 
 def prompt_tokens_of(body: Json) -> int:
-    """A chat request's prompt in the fake's tokens: messages, their calls, and the tools."""
+    """A chat request's prompt in the fake's tokens: messages, their calls and images, and the
+    tools."""
     total = REPLY_TOKENS
     for message in body.get("messages") or []:
         if isinstance(message, dict):
-            total += MESSAGE_TOKENS + fake_tokens(str(message.get("content") or ""))
+            text, images = _text_and_images(message)
+            total += MESSAGE_TOKENS + fake_tokens(text) + IMAGE_TOKENS * len(images)
             if message.get("tool_calls"):
                 total += fake_tokens(json.dumps(message["tool_calls"]))
     if body.get("tools"):
         total += fake_tokens(json.dumps(body["tools"]))
     return total
+
+
+def _text_and_images(message: Json) -> tuple[str, list[str]]:
+    """A message's text and its images' base64, in either server's format: Ollama's `images`
+    beside the content, or OpenAI's list of content parts with data URLs."""
+    content = message.get("content")
+    images = [str(i) for i in message.get("images") or []]
+    if not isinstance(content, list):
+        return str(content or ""), images
+    texts = [str(p.get("text") or "") for p in content
+             if isinstance(p, dict) and p.get("type") == "text"]
+    for part in content:
+        image_url = part.get("image_url") if isinstance(part, dict) else None
+        if isinstance(image_url, dict):
+            url = str(image_url.get("url") or "")
+            images.append(url.partition(";base64,")[2])
+    return "".join(texts), images
+
+
+def sent_images(body: Json) -> list[bytes]:
+    """The images of a chat request's messages, decoded, in order (either server's format)."""
+    return [base64.b64decode(data, validate=True) for message in body.get("messages") or []
+            if isinstance(message, dict) for data in _text_and_images(message)[1]]
+
+
+def _ollama_images_problem(messages: list[Any]) -> str | None:
+    """What Ollama answers 400 to: `images` that are not a list of base64 strings."""
+    for message in messages:
+        images = message.get("images") if isinstance(message, dict) else None
+        if images is None:
+            continue
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            return "json: cannot unmarshal images into Go struct field Message.messages.images"
+        for data in images:
+            try:
+                base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                return "illegal base64 data at input byte 0"
+    return None
+
+
+def _openai_content_problem(messages: list[Any]) -> str | None:
+    """What an OpenAI-compatible server answers 400 to: content that is neither a string nor a
+    list of well-formed text and image_url parts (images as data URLs or http URLs)."""
+    for index, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is None or isinstance(content, str):
+            continue
+        if not isinstance(content, list) or (message.get("role") != "user" and any(
+                isinstance(p, dict) and p.get("type") != "text" for p in content)):
+            return f"messages[{index}].content: image parts are only allowed in user messages"
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                continue
+            image_url = part.get("image_url") if kind == "image_url" else None
+            url = image_url.get("url") if isinstance(image_url, dict) else None
+            if not isinstance(url, str):
+                return f"messages[{index}].content: invalid content part {part!r:.80}"
+            if url.startswith("data:"):
+                head, _, data = url.partition(",")
+                try:
+                    base64.b64decode(data, validate=True)
+                except (binascii.Error, ValueError):
+                    return f"messages[{index}].content: invalid base64 image data"
+                if not head.endswith(";base64") or not head[5:].startswith("image/"):
+                    return f"messages[{index}].content: invalid image data URL"
+            elif not url.startswith(("http://", "https://")):
+                return f"messages[{index}].content: invalid image URL"
+    return None
 
 
 def _dumps(payload: object) -> str:
@@ -440,6 +515,8 @@ class FakeOllama(_FakeBackend):
                 out["response"] = text
             return {**out, **extra}
 
+        if chat and (problem := _ollama_images_problem(body.get("messages") or [])):
+            return self._error(400, problem)
         if not (body.get("messages") if chat else body.get("prompt")):
             # Ollama's load/unload idiom: no input, answered at once and never streamed.
             if not unload and model in self.load_gates:
@@ -594,6 +671,8 @@ class FakeOpenAI(_FakeBackend):
         body = await _body(request)
         if not isinstance(body.get("messages"), list):
             return self._error(400, "'messages' is a required property")
+        if problem := _openai_content_problem(body["messages"]):
+            return self._error(400, problem)
         # mlx_lm.server and llama-server fall back to their loaded model when none is named.
         model = body.get("model") or self.models[0]
         if model not in self.models:
