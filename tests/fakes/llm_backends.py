@@ -85,6 +85,11 @@ class ScriptedReply:
     status: int = 200
     disconnect_after: int | None = None  # counts streamed lines/events: text, then tool calls
     prompt_tokens: int = 12
+    # Of the prompt tokens, those served from the server's prompt cache (OpenAI reports them
+    # in usage.prompt_tokens_details; Ollama says nothing about its cache).
+    cached_tokens: int = 0
+    # Tokens the reply took; None: one per chunk.
+    completion_tokens: int | None = None
     finish_reason: str = "stop"
     # The stream stops after its first piece until this is set: a test can act while a reply
     # is under way.
@@ -446,7 +451,7 @@ class FakeOllama(_FakeBackend):
                     "prompt_eval_count": (reply.prompt_tokens if prompt_tokens is None
                                           else prompt_tokens),
                     "prompt_eval_duration": first_ns - started,
-                    "eval_count": len(reply.chunks), "eval_duration": now - first_ns}
+                    "eval_count": _completion_tokens(reply), "eval_duration": now - first_ns}
 
         if body.get("stream", True) is False:
             if not await self._wait_whole(request, reply):
@@ -591,9 +596,13 @@ class FakeOpenAI(_FakeBackend):
              "function": {"name": t.name, "arguments": t.argument_text()}}
             for i, t in enumerate(reply.tool_calls)]
         finish = "tool_calls" if calls and reply.finish_reason == "stop" else reply.finish_reason
-        done = len(reply.chunks)
+        done = _completion_tokens(reply)
+        # OpenAI's shape: the cached share of the prompt inside prompt_tokens_details.
         usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": done,
-                 "total_tokens": reply.prompt_tokens + done}
+                 "total_tokens": reply.prompt_tokens + done,
+                 "prompt_tokens_details": {"cached_tokens": reply.cached_tokens,
+                                           "audio_tokens": 0},
+                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
 
         if body.get("stream") is not True:
             if not await self._wait_whole(request, reply):
@@ -632,6 +641,10 @@ class FakeOpenAI(_FakeBackend):
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _completion_tokens(reply: ScriptedReply) -> int:
+    return len(reply.chunks) if reply.completion_tokens is None else reply.completion_tokens
 
 
 def _is_warm_up(body: Json) -> bool:
