@@ -233,6 +233,8 @@ class Turn:
             tool_calls=tuple(f"{c.tool}:{c.outcome}:{c.audit_id}" for c in self.agent.run.calls),
             status=self.status, error=self.failure, user_text=self.event.text,
             user_transcribed=self.event.transcribed, reply_text="".join(self.pieces),
+            cached_tokens=self.agent.run.cached_tokens, platform=self.event.platform,
+            chat_id=self.event.chat_id, fallback_from=self.target.fallback_from,
         ))
 
     async def _speak(self, deliver_voice: DeliverVoice) -> None:
