@@ -534,8 +534,11 @@ class FakeOpenAI(_FakeBackend):
 
     def __init__(self, models: Sequence[str] = ("llama3.2:3b",), *,
                  api_key: str | None = None, context_length: int = 8192,
-                 count_tokens: bool = False) -> None:
+                 count_tokens: bool = False, llama_server: bool = False) -> None:
         super().__init__(models, count_tokens)
+        # llama-server's flavour: its usage has no prompt_tokens_details; the cache reuse is in
+        # the `timings` object of the final chunk (cache_n, prompt_n, predicted_n, ...).
+        self.llama_server = llama_server
         self.api_key = api_key
         self.context_length = context_length
         self._completions = 0
@@ -603,6 +606,12 @@ class FakeOpenAI(_FakeBackend):
                  "prompt_tokens_details": {"cached_tokens": reply.cached_tokens,
                                            "audio_tokens": 0},
                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
+        timings: Json = {}
+        if self.llama_server:
+            usage = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+            timings = {"cache_n": reply.cached_tokens,
+                       "prompt_n": reply.prompt_tokens - reply.cached_tokens,
+                       "prompt_ms": 12.5, "predicted_n": done, "predicted_ms": 40.0}
 
         if body.get("stream") is not True:
             if not await self._wait_whole(request, reply):
@@ -621,8 +630,10 @@ class FakeOpenAI(_FakeBackend):
             choice = {"index": 0, "delta": delta, "logprobs": None,
                       "finish_reason": finish_reason}
             chunk: Json = {**head, "object": "chat.completion.chunk", "choices": [choice]}
-            if include_usage:  # OpenAI sends an explicit null on every chunk but the last
+            if include_usage and not self.llama_server:  # OpenAI: null on all but the last
                 chunk["usage"] = None
+            if finish_reason is not None and timings:
+                chunk["timings"] = timings
             return _sse(chunk)
 
         deltas: list[Json] = [{"content": c} for c in reply.chunks]
