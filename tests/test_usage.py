@@ -4,6 +4,7 @@ token counts as the real ones do, the real store, and the real `hearthbot usage`
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import sys
@@ -77,8 +78,8 @@ async def hearthbot(config_file: Path, *args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-def turn_rows(running: Running) -> int:
-    return len(db_rows(running.service, "select id from turns"))
+def turn_rows(running: Running) -> list[tuple[object, ...]]:
+    return db_rows(running.service, "select id from turns")
 
 
 async def test_usage_totals_equal_what_the_backends_reported(
@@ -105,7 +106,7 @@ async def test_usage_totals_equal_what_the_backends_reported(
         await until(lambda: len(texts(running.tg, OWNER)) == 2, "the owner's second answer")
         running.tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="Goodbye")
         await until(lambda: len(texts(running.tg, STRANGER)) == 2, "the guest's second answer")
-        await until(lambda: turn_rows(running) == 4, "four turns recorded")
+        await until(lambda: len(turn_rows(running)) == 4, "four turns recorded")
         assert db_rows(running.service, "select platform, chat_id, cached_tokens from turns "
                                         "order by id") == [
             ("telegram", str(OWNER), 420), ("telegram", str(STRANGER), None),
@@ -198,7 +199,7 @@ async def test_a_spent_budget_refuses_the_next_turn_and_commands_still_work(
     async with serve(raw, fake_tg, fake_ollama) as running:
         running.tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="Hello")
         await until(lambda: texts(running.tg, STRANGER) == ["Hi there."])
-        await until(lambda: turn_rows(running) == 1, "the turn recorded")
+        await until(lambda: len(turn_rows(running)) == 1, "the turn recorded")
         asked = len(running.llm.requests_to("/api/chat"))
 
         update = running.tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="And again?")
@@ -237,8 +238,29 @@ async def test_a_cost_budget_counts_the_priced_model(
     async with serve(raw, fake_tg, fake_ollama) as running:
         running.tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="Hello")
         await until(lambda: texts(running.tg, STRANGER) == ["Priced."])
-        await until(lambda: turn_rows(running) == 1, "the turn recorded")
+        await until(lambda: len(turn_rows(running)) == 1, "the turn recorded")
         running.tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="More?")
         await until(lambda: len(texts(running.tg, STRANGER)) == 2, "the refusal")
         assert RESET.search(texts(running.tg, STRANGER)[1])
         assert len(fake_cloud.chat_bodies()) == 1
+
+
+async def test_a_summary_counts_towards_its_chats_usage(running: Running) -> None:
+    tg, llm = running.tg, running.llm
+    for answered, text in enumerate(("Hi, I'm Ada.", "I live in Lyon.", "I keep bees."), 1):
+        llm.script(ScriptedReply(chunks=("Noted.",), prompt_tokens=100, completion_tokens=5))
+        tg.push_text(chat_id=OWNER, from_id=OWNER, text=text)
+        await until(functools.partial(lambda n: len(texts(tg, OWNER)) == n, answered),
+                    f"the answer to {text!r}")
+    llm.script(ScriptedReply(chunks=("Ada lives in Lyon.",), prompt_tokens=60,
+                             completion_tokens=7))
+    tg.push_text(chat_id=OWNER, from_id=OWNER, text="/compact")
+    await until(lambda: len(texts(tg, OWNER)) == 4, "the compact answer")
+    assert texts(tg, OWNER)[-1].startswith("Compacted:")
+    await until(lambda: len(turn_rows(running)) == 4, "the summary accounted for")
+    assert db_rows(running.service, "select persona, platform, chat_id, prompt_tokens, "
+                                    "completion_tokens from turns where status = 'summary'") == [
+        ("admin", "telegram", str(OWNER), 60, 7)]
+    (chat,) = await usage(running.service.store, {}, since=None, by="chat")
+    assert (chat.key, chat.tokens.turns, chat.tokens.total) == (
+        f"telegram:{OWNER}", 4, 3 * 105 + 67)
