@@ -426,7 +426,9 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         for a in adapters) or "none"))
     lines.append(f"inbox        {status.get('inbox_depth')} waiting")
     for down in status.get("down") or []:
-        instead = (f"answered by {down['answered_by']} instead ({down['turns']} turns)"
+        count = down.get("requests") or 0
+        instead = (f"answered by {down['answered_by']} instead ({count} "
+                   f"request{'' if count == 1 else 's'})"
                    if down.get("answered_by") else "no fallback has answered yet")
         lines.append(f"fallback     {down['model']} is down since {down['since']}: {instead}; "
                      f"last error: {down['error']}")

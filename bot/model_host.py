@@ -106,7 +106,7 @@ class DownModel:
     since: datetime
     error: str
     answered_by: str | None = None  # the fallback that answered its last turn
-    turns: int = 0  # answered by a fallback since it went down
+    requests: int = 0  # answered by a fallback since it went down (replies, tool steps)
     probed: float = 0.0  # time.monotonic() of the last attempt to reach it
 
 
@@ -174,9 +174,11 @@ class _ResidentStream:
                 if said or last:
                     raise
                 continue
-            if len(candidates) > 1:
-                host._answered(primary, target.label)
-            target.fallback_from = primary if target.label != primary else None
+            if label != primary:
+                host._stood_in(primary, target.label)
+            else:
+                host._recovered(primary)
+            target.fallback_from = primary if label != primary else None
             return
 
     async def _stream_on(self, want: Callable[[], str], named: bool,
@@ -538,20 +540,20 @@ class ModelHost:
         else:
             down.error, down.probed = str(exc), time.monotonic()
 
-    def _answered(self, primary: str, label: str) -> None:
-        """A turn meant for `primary` was answered by `label`: say so once per outage, and
-        once when the primary answers again."""
-        if label != primary:
-            self._down.pop(label, None)  # the fallback itself is up
+    def _recovered(self, label: str) -> None:
+        """`label` answered a request: if it was down, say once that it is back."""
+        down = self._down.pop(label, None)
+        if down is not None:
+            log.warning("model %s answers again (down since %s; %d requests answered by %s "
+                        "meanwhile)", label, f"{down.since:%H:%M:%S} UTC", down.requests,
+                        down.answered_by or "no fallback")
+
+    def _stood_in(self, primary: str, label: str) -> None:
+        """A request meant for `primary` was answered by the fallback `label`: logged as a
+        warning once per outage and fallback, then as information."""
+        self._down.pop(label, None)  # the fallback itself is up
         down = self._down.get(primary)
-        if label == primary:
-            if down is not None:
-                del self._down[primary]
-                log.warning("model %s answers again (down since %s; %d turns answered by "
-                            "%s meanwhile)", primary, f"{down.since:%H:%M:%S} UTC", down.turns,
-                            down.answered_by or "a fallback")
-            return
-        if down is None:  # down when the turn began; the record of it was lost meanwhile
+        if down is None:  # cleared meanwhile by a request that found it up again
             down = self._down[primary] = DownModel(primary, datetime.now(UTC), "unknown",
                                                    probed=time.monotonic())
         if down.answered_by != label:
@@ -559,7 +561,7 @@ class ModelHost:
         else:
             log.info("model %s is still down; answered by %s instead", primary, label)
         down.answered_by = label
-        down.turns += 1
+        down.requests += 1
 
     async def _managed_ready(self, label: str) -> None:
         provider_name, spec, _ = self._resolve(label)

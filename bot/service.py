@@ -236,5 +236,5 @@ async def status_report(service: Service, adapters: Sequence[Adapter],
         "inbox_depth": depth,
         "managed": [dataclasses.asdict(m) for m in residency.managed],
         "down": [{"model": d.label, "since": d.since.isoformat(), "error": d.error,
-                  "answered_by": d.answered_by, "turns": d.turns} for d in residency.down],
+                  "answered_by": d.answered_by, "requests": d.requests} for d in residency.down],
     }

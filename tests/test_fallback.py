@@ -96,7 +96,7 @@ async def test_primary_down_the_fallback_answers_and_primary_back_answers_again(
             assert f"model {HOME} is down; answered by {CLOUD} instead" in caplog.text
             (line,) = [line for line in await status(running) if line.startswith("fallback")]
             assert f"{HOME} is down since" in line
-            assert f"answered by {CLOUD} instead (1 turns)" in line
+            assert f"answered by {CLOUD} instead (1 request)" in line
             assert running.service.models.state.resident == CLOUD
 
             # Still down: the next turn asks it (a ping, refused at once), then the fallback.
