@@ -151,3 +151,30 @@ def test_an_unknown_fallback_is_a_config_error_naming_its_key(data_dir: Path) ->
             "guest": {"role": "guest", "fallback": [LOCAL, "nowhere/model"]}}})
     assert raised.value.path == "agents.instances.guest.fallback[1]"
     assert "'nowhere/model' names no configured model" in raised.value.problem
+
+
+@pytest.mark.parametrize("probe_seconds", [0, 3600])
+async def test_a_failing_model_is_asked_again_only_when_its_probe_is_due(
+        data_dir: Path, fake_tg: FakeTelegram, fake_ollama: FakeOllama,
+        probe_seconds: int) -> None:
+    async with FakeOpenAI(models=("gpt-test",)) as cloud:
+        raw = sections(fake_tg, fake_ollama, [CLOUD], cloud)
+        raw["gateway"]["residency"]["fallback_probe_seconds"] = probe_seconds
+        # The server is up but fails the request (503): the model counts as down.
+        fake_ollama.script(ScriptedReply(status=503), ScriptedReply(chunks=("Home.",)))
+        cloud.script(ScriptedReply(chunks=("Cloud.",)), ScriptedReply(chunks=("Cloud again.",)))
+        async with serve(data_dir, raw, fake_tg, fake_ollama) as running:
+            assert await ask(running, "one") == "Cloud."
+            pings = len(fake_ollama.requests_to("/api/version"))
+            chats = len(fake_ollama.requests_to("/api/chat"))
+            if probe_seconds == 0:
+                # Due at once: one ping, then the model itself answers.
+                assert await ask(running, "two") == "Home."
+                assert turns(running)[-1] == (HOME, None, "answered")
+                assert len(fake_ollama.requests_to("/api/version")) == pings + 1
+            else:
+                # Not due: the turn goes straight to the fallback; the model is not asked.
+                assert await ask(running, "two") == "Cloud again."
+                assert turns(running)[-1] == (CLOUD, HOME, "answered")
+                assert len(fake_ollama.requests_to("/api/version")) == pings
+                assert len(fake_ollama.requests_to("/api/chat")) == chats
