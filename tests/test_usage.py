@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 
 from bot.config import CostSpec
+from bot.errors import ConfigError
 from bot.events import MessageStatus
 from bot.service import open_store
 from bot.store import inbox
 from bot.store.history import TurnRecord, open_conversation, save_turn
 from bot.store.tables import utcnow
-from bot.store.usage import Tokens, cost_of, resets_in, usage
+from bot.store.usage import Tokens, cost_of, prices, resets_in, usage
 from tests.fakes.llm_backends import FakeOllama, FakeOpenAI, ScriptedReply, ToolCall
 from tests.fakes.telegram import FakeTelegram
 from tests.support.helpers import db_rows, make_config, until
@@ -171,12 +172,12 @@ async def test_a_model_no_longer_configured_has_an_unknown_cost(data_dir: Path) 
                 received_at=now, first_token_at=now, done_at=now, prompt_tokens=tokens,
                 completion_tokens=10, status=MessageStatus.ANSWERED, platform="telegram",
                 chat_id="7"))
-        prices = {"here/model": CostSpec(input=1.0, output=2.0)}
-        by_model = {line.key: line.cost for line in await usage(store, prices, since=None)}
-        assert by_model == {"here/model": pytest.approx(cost_of(Tokens(2000, 10), prices[
+        priced = {"here/model": CostSpec(input=1.0, output=2.0)}
+        by_model = {line.key: line.cost for line in await usage(store, priced, since=None)}
+        assert by_model == {"here/model": pytest.approx(cost_of(Tokens(2000, 10), priced[
             "here/model"])), "gone/old-model": None}
         # A persona that used it: its cost is unknown, not the known part passed off as all.
-        (guest,) = await usage(store, prices, since=None, by="persona")
+        (guest,) = await usage(store, priced, since=None, by="persona")
         assert guest.cost is None and guest.tokens.total == 3020
 
 
@@ -264,3 +265,30 @@ async def test_a_summary_counts_towards_its_chats_usage(running: Running) -> Non
     (chat,) = await usage(running.service.store, {}, since=None, by="chat")
     assert (chat.key, chat.tokens.turns, chat.tokens.total) == (
         f"telegram:{OWNER}", 4, 3 * 105 + 67)
+
+
+@pytest.mark.parametrize(("section", "path"), [
+    ({"gateway": {"providers": {"home": {"type": "ollama", "base_url": "http://127.0.0.1:1",
+                                         "models": [{"id": "m", "cost": {"output": -1}}]}}},
+      "agents": {"default": {"active_model": "home/m"}}},
+     "gateway.providers.home.models[0].cost.output"),
+    ({"agents": {"instances": {"admin": {"role": "admin"},
+                               "guest": {"role": "guest", "budget": {}}}}},
+     "agents.instances.guest.budget"),
+    ({"agents": {"instances": {"admin": {"role": "admin"},
+                               "guest": {"role": "guest", "budget": {"daily_tokens": 0}}}}},
+     "agents.instances.guest.budget.daily_tokens"),
+    ({"agents": {"instances": {"admin": {"role": "admin"}, "guest": {
+        "role": "guest", "budget": {"daily_tokens": 10, "daily_cents": 5}}}}},
+     "agents.instances.guest.budget.daily_cents"),
+])
+def test_prices_and_budgets_are_checked_with_their_key_path(
+        data_dir: Path, section: dict[str, Any], path: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        make_config(data_dir, **section)
+    assert raised.value.path == path
+
+
+def test_local_models_cost_nothing_by_default(data_dir: Path) -> None:
+    config = make_config(data_dir)
+    assert set(prices(config).values()) == {CostSpec(0.0, 0.0, 0.0)}
