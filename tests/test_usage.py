@@ -20,7 +20,6 @@ from bot.config import CostSpec
 from bot.errors import ConfigError
 from bot.events import MessageStatus
 from bot.service import open_store
-from bot.store import inbox
 from bot.store.history import TurnRecord, open_conversation, save_turn
 from bot.store.tables import utcnow
 from bot.store.usage import Tokens, cost_of, prices, resets_in, usage
@@ -210,9 +209,11 @@ async def test_a_spent_budget_refuses_the_next_turn_and_commands_still_work(
                                   "until it resets")
         assert RESET.search(refusal), refusal
         assert len(running.llm.requests_to("/api/chat")) == asked  # the model was not asked
+        # Closed once the sentence is out: failed, so no restart answers it again.
         message_id = str(update["message"]["message_id"])
-        assert await inbox.state_of(running.service.store, "telegram", str(STRANGER),
-                                    message_id) == MessageStatus.FAILED
+        await until(lambda: db_rows(running.service, "select state from inbox where "
+                                    f"message_id = '{message_id}'") == [("failed",)],
+                    "the refused message closed as failed")
 
         # Commands are no model turn: they still answer.
         running.tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="/help")
@@ -224,7 +225,8 @@ async def test_a_spent_budget_refuses_the_next_turn_and_commands_still_work(
         await until(lambda: texts(running.tg, OWNER) == ["Yes, owner."])
         # Nothing was answered twice, nothing is left waiting.
         assert len(texts(running.tg, STRANGER)) == 3
-        assert await running.service.gateway.pending("telegram") == []
+        await until(lambda: db_rows(running.service, "select state from inbox where state = "
+                                    "'received'") == [], "every message closed")
 
 
 async def test_a_cost_budget_counts_the_priced_model(
