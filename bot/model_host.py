@@ -162,7 +162,7 @@ class _ResidentStream:
             said = False
             # The persona's own model follows the active one when it names none.
             want = (functools.partial(host.label, target.reference) if label == primary
-                    else functools.partial(str, label))
+                    else _fixed(label))
             named = target.reference is not None or label != primary
             try:
                 async for delta in self._stream_on(want, named, messages, params, tools):
@@ -271,9 +271,8 @@ class ModelHost:
         fallbacks = tuple(self.label(f) for f in fallback)
         down = self._down.get(label)
         shown = down.answered_by if down is not None and down.answered_by in fallbacks else None
-        target = ModelTarget(self, reference, shown or label, self._resolve(shown or label)[2],
-                             fallbacks)
-        return target
+        return ModelTarget(self, reference, shown or label, self._resolve(shown or label)[2],
+                           fallbacks)
 
     def registry(self) -> list[RegistryLine]:
         """The models the owner can switch between: the registry, or every configured model
@@ -683,6 +682,10 @@ def weights_file(spec: ProviderSpec, model: ModelSpec) -> Path | None:
             if candidate.suffix in (".gguf", ".safetensors") and candidate.is_file():
                 return candidate
     return None
+
+
+def _fixed(label: str) -> Callable[[], str]:
+    return lambda: label
 
 
 def _same(reported: str, configured: str) -> bool:
