@@ -4,7 +4,11 @@ The real Telegram client, fake model servers, and the bundled model as the last 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -13,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from bot import control
 from bot.cli import status_lines
 from bot.config import BUNDLED_MODEL_ID
 from bot.errors import ConfigError
@@ -178,3 +183,48 @@ async def test_a_failing_model_is_asked_again_only_when_its_probe_is_due(
                 assert turns(running)[-1] == (CLOUD, HOME, "answered")
                 assert len(fake_ollama.requests_to("/api/version")) == pings
                 assert len(fake_ollama.requests_to("/api/chat")) == chats
+
+
+async def test_hearthbot_status_of_the_running_service_names_the_fallback(
+        tmp_path: Path, data_dir: Path, fake_tg: FakeTelegram, fake_ollama: FakeOllama,
+        cli_env: dict[str, str]) -> None:
+    async with FakeOpenAI(models=("gpt-test",)) as cloud:
+        raw = sections(fake_tg, fake_ollama, [CLOUD], cloud)
+        raw["gateway"]["port"] = 0
+        raw["channels"]["telegram"].pop("token")
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps(raw))
+        env = {**cli_env, "TELEGRAM_BOT_TOKEN": fake_tg.token, "HEARTHBOT_CONFIG": str(config)}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "run", env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        sock = control.socket_path(data_dir)
+        try:
+            await until(lambda: fake_tg.calls_to("getUpdates") and sock.exists(),
+                        "the service serving", within=60)
+            await fake_ollama.stop()
+            cloud.script(ScriptedReply(chunks=("From the cloud.",)))
+            fake_tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="anyone there?")
+            await until(lambda: texts(fake_tg, STRANGER), "the reply", within=30)
+            assert texts(fake_tg, STRANGER) == ["From the cloud."]
+
+            code, out, err = await hearthbot_command("status", env=env)
+            assert code == 0, err
+            (line,) = [line for line in out.splitlines() if line.startswith("fallback")]
+            assert f"{HOME} is down since" in line
+            assert f"answered by {CLOUD} instead (1 request)" in line
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err_bytes = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err_bytes.decode()
+        assert f"model {HOME} is down; answered by {CLOUD} instead" in (
+            data_dir / "logs" / "hearthbot.log").read_text()
+
+
+async def hearthbot_command(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
