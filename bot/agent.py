@@ -55,6 +55,8 @@ class AgentRun:
     steps: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of the prompt tokens, those served from the backend's cache; None until one says.
+    cached_tokens: int | None = None
     counted: bool = False  # whether the backend reported tokens at all
     finish_reason: str | None = None
     # The prompt of the first request alone, as the backend counted it: the context guard
@@ -69,6 +71,8 @@ class AgentRun:
             self.counted = True
             self.prompt_tokens += end.prompt_tokens or 0
             self.completion_tokens += end.completion_tokens or 0
+        if end.cached_tokens is not None:
+            self.cached_tokens = (self.cached_tokens or 0) + end.cached_tokens
 
 
 class AgentLoop:

@@ -29,6 +29,20 @@ def _secret() -> Any:
 
 
 @dataclass(frozen=True)
+class CostSpec:
+    """What a model's tokens cost, per million, in whatever currency the owner counts in.
+
+    Local models cost 0 (the default), so that accounting for them never trips a budget.
+    `cached` is the price of prompt tokens the backend served from its prompt cache; they
+    are part of the prompt tokens it reports, so they are priced at `cached`, not `input`.
+    """
+
+    input: float = 0.0
+    output: float = 0.0
+    cached: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     id: str
     name: str = ""
@@ -43,6 +57,7 @@ class ModelSpec:
     # A model that can think before it answers (chain of thought): only then is a persona's
     # `params.think` sent to the backend.
     reasoning: bool = False
+    cost: CostSpec = field(default_factory=CostSpec)
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,9 @@ class ResidencySpec:
     memory_check: bool = True
     # A switch waits this long for replies under way on the previous model to finish.
     switch_wait_seconds: float = 300.0
+    # After a persona's model failed and a fallback answered, later turns ask the model again
+    # with one quick ping at most this often; in between they go straight to the fallback.
+    fallback_probe_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +217,17 @@ class GenerationParams:
 
 
 @dataclass(frozen=True)
+class BudgetSpec:
+    """A persona's daily allowance; the day starts at 00:00 UTC. Once either is spent, new
+    turns are refused with one sentence saying when it resets; commands still work."""
+
+    # Prompt and completion tokens together, as the backends counted them.
+    daily_tokens: int | None = None
+    # In the currency of the models' `cost` prices.
+    daily_cost: float | None = None
+
+
+@dataclass(frozen=True)
 class AgentInstance:
     role: Literal["admin", "guest"]
     model: str | None = None
@@ -208,6 +237,10 @@ class AgentInstance:
     params: GenerationParams = field(default_factory=GenerationParams)
     # "inbound": answer a voice note with a voice note as well as text; "always": every reply.
     voice_replies: Literal["off", "inbound", "always"] = "inbound"
+    # "provider/model" labels (or aliases) that answer, in order, when the persona's model is
+    # down; the bundled embedded model makes a natural last one.
+    fallback: tuple[str, ...] = ()
+    budget: BudgetSpec | None = None
 
 
 def _default_instances() -> dict[str, AgentInstance]:
@@ -516,6 +549,19 @@ def _check_references(config: Config) -> Config:
     for name, instance in config.agents.instances.items():
         if instance.model is not None:
             check(instance.model, f"agents.instances.{name}.model")
+        for index, fallback in enumerate(instance.fallback):
+            check(fallback, f"agents.instances.{name}.fallback[{index}]")
+        if instance.budget is not None:
+            _check_budget(instance.budget, f"agents.instances.{name}.budget")
+    for name, provider in config.gateway.providers.items():
+        for index, model in enumerate(provider.models):
+            for key in ("input", "output", "cached"):
+                if getattr(model.cost, key) < 0:
+                    raise ConfigError(f"gateway.providers.{name}.models[{index}].cost.{key}",
+                                      "expected a price per million tokens, 0 or more")
+    if residency.fallback_probe_seconds < 0:
+        raise ConfigError("gateway.residency.fallback_probe_seconds",
+                          "expected a number of seconds, 0 or more")
     for name, instance in config.agents.instances.items():
         _check_tool_policy(instance.tools, f"agents.instances.{name}.tools")
     guest = config.agents.instances.get("guest")
@@ -539,6 +585,16 @@ def _check_references(config: Config) -> Config:
                 'with one named person: set chat_kind "dm" and the peer\'s id (not "*")',
             )
     return config
+
+
+def _check_budget(budget: BudgetSpec, where: str) -> None:
+    if budget.daily_tokens is None and budget.daily_cost is None:
+        raise ConfigError(where, "give daily_tokens, daily_cost or both (or leave the budget "
+                                 "out for none)")
+    if budget.daily_tokens is not None and budget.daily_tokens < 1:
+        raise ConfigError(f"{where}.daily_tokens", "expected a number of tokens, 1 or more")
+    if budget.daily_cost is not None and budget.daily_cost <= 0:
+        raise ConfigError(f"{where}.daily_cost", "expected an amount above 0")
 
 
 def _check_managed(provider: ProviderSpec, where: str) -> None:

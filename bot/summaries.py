@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
@@ -47,6 +48,7 @@ from bot.store.history import (
     open_conversation,
     save_summary,
 )
+from bot.store.usage import record_summary
 from persona import Persona
 
 log = logging.getLogger(__name__)
@@ -294,7 +296,8 @@ class ContextKeeper:
                                               FOLD_BATCH):
             messages, used = await _request(writing, summary, batch, limit)
             requests += 1
-            text = await _generate(writing, messages, limit)
+            text = await _generate(writing, messages, limit,
+                                   functools.partial(self._spent, job))
             covered = batch[used - 1].id
             if not await self._save(job.session_id, text, covered, through):
                 log.info("session %s: its summary moved on meanwhile; this one is dropped",
@@ -304,6 +307,14 @@ class ContextKeeper:
             log.info("session %s: the summary now covers %d more messages (through message "
                      "%s, %d characters)", job.session_id, used, covered, len(text))
         return Folded(folded, summary, requests)
+
+    async def _spent(self, job: Job, end: StreamEnd) -> None:
+        """A summarizing request's tokens count as the conversation's usage (its persona's
+        budget pays for them), on a record of their own."""
+        target = job.target
+        await self.shield(record_summary(self.store, job.session_id, target.label,
+                                         end.prompt_tokens, end.completion_tokens,
+                                         end.cached_tokens, target.fallback_from))
 
     async def _save(self, session_id: int, summary: str, through: int, expected: int) -> bool:
         written: list[bool] = []
@@ -347,7 +358,8 @@ async def _request(window: Window, summary: str, batch: Sequence[StoredMessage],
     return _summary_request(summary, batch[:1], limit, cut=keep), 1
 
 
-async def _generate(window: Window, messages: list[ChatMessage], limit: int) -> str:
+async def _generate(window: Window, messages: list[ChatMessage], limit: int,
+                    spent: Callable[[StreamEnd], Awaitable[None]]) -> str:
     target = window.target
     pieces: list[str] = []
     finish, reported = "stop", None
@@ -363,6 +375,8 @@ async def _generate(window: Window, messages: list[ChatMessage], limit: int) -> 
                 pieces.append(delta.text)
             elif isinstance(delta, StreamEnd):
                 finish, reported = delta.finish_reason, delta.prompt_tokens
+                # Spent whether or not the summary turns out usable.
+                await spent(delta)
     window.learn(estimate_prompt(messages), reported)
     text = "".join(pieces).strip()
     if not text:
@@ -386,7 +400,7 @@ class ChatContext:
 
     @property
     def target(self) -> ModelTarget:
-        return self.models.target(self.persona.model)
+        return self.models.target(self.persona.model, self.persona.fallback)
 
     async def _conversation(self) -> Conversation:
         return await open_conversation(self.keeper.store, self.platform, self.chat_id,

@@ -332,6 +332,8 @@ class Turn:
             user_transcribed=self.event.transcribed, reply_text="".join(self.pieces),
             thinking="".join(self.thoughts) or None,
             thinking_ms=round(self.thinking_seconds * 1000) if self.thoughts else None,
+            cached_tokens=self.agent.run.cached_tokens, platform=self.event.platform,
+            chat_id=self.event.chat_id, fallback_from=self.target.fallback_from,
         ))
 
     def _user_text(self) -> str:

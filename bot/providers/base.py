@@ -115,6 +115,9 @@ class StreamEnd:
     finish_reason: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Of the prompt tokens, those the backend served from its prompt cache; None when the
+    # backend does not say (Ollama, the embedded engines).
+    cached_tokens: int | None = None
 
 
 Delta = TextDelta | ThinkingDelta | ToolCallDelta | StreamEnd

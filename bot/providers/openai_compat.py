@@ -117,6 +117,7 @@ class OpenAICompatProvider(ToolOfferingProvider):
             body["chat_template_kwargs"] = {"enable_thinking": think}
         finish_reason: str | None = None
         usage: dict[str, object] = {}
+        timings: dict[str, object] = {}
         calls = _ToolCallAssembler()
         async with self.http.post_stream("/chat/completions", body) as response:
             async for line in self.http.lines(response):
@@ -130,6 +131,10 @@ class OpenAICompatProvider(ToolOfferingProvider):
                     raise StreamInterrupted(f"{self.http.name}: {error}")
                 if isinstance(chunk.get("usage"), dict):
                     usage = chunk["usage"]  # type: ignore[assignment]
+                if isinstance(chunk.get("timings"), dict):  # llama-server's own figures
+                    timings = {**timings, **chunk["timings"]}  # type: ignore[dict-item]
+                if "tokens_cached" in chunk:  # older llama-server builds, beside the usage
+                    timings = {**timings, "tokens_cached": chunk["tokens_cached"]}
                 choices: Any = chunk.get("choices") or []
                 for choice in choices:
                     delta = choice.get("delta") or {}
@@ -158,6 +163,7 @@ class OpenAICompatProvider(ToolOfferingProvider):
             finish_reason=finish_reason or "stop",
             prompt_tokens=int_or_none(usage.get("prompt_tokens")),
             completion_tokens=int_or_none(usage.get("completion_tokens")),
+            cached_tokens=cached_tokens(usage, timings),
         )
 
     async def warm(self, model: ModelSpec) -> None:
@@ -183,6 +189,19 @@ class OpenAICompatProvider(ToolOfferingProvider):
 
     async def close(self) -> None:
         await self.http.close()
+
+
+def cached_tokens(usage: dict[str, object], timings: dict[str, object]) -> int | None:
+    """The prompt tokens served from the server's cache: OpenAI's (and vLLM's, and newer
+    llama-server's) `usage.prompt_tokens_details.cached_tokens`, else llama-server's
+    `timings.cache_n` or `tokens_cached`; None when the server says nothing about it."""
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and int_or_none(details.get("cached_tokens")) is not None:
+        return int_or_none(details.get("cached_tokens"))
+    for key in ("cache_n", "tokens_cached"):
+        if int_or_none(timings.get(key)) is not None:
+            return int_or_none(timings.get(key))
+    return None
 
 
 def wire_message(message: ChatMessage) -> dict[str, object]:

@@ -87,6 +87,11 @@ class ScriptedReply:
     status: int = 200
     disconnect_after: int | None = None  # counts streamed lines/events: text, then tool calls
     prompt_tokens: int = 12
+    # Of the prompt tokens, those served from the server's prompt cache (OpenAI reports them
+    # in usage.prompt_tokens_details; Ollama says nothing about its cache).
+    cached_tokens: int = 0
+    # Tokens the reply took; None: one per chunk.
+    completion_tokens: int | None = None
     finish_reason: str = "stop"
     # The stream stops after its first piece until this is set: a test can act while a reply
     # is under way.
@@ -550,7 +555,7 @@ class FakeOllama(_FakeBackend):
                     "prompt_eval_count": (reply.prompt_tokens if prompt_tokens is None
                                           else prompt_tokens),
                     "prompt_eval_duration": first_ns - started,
-                    "eval_count": len(reply.chunks), "eval_duration": now - first_ns}
+                    "eval_count": _completion_tokens(reply), "eval_duration": now - first_ns}
 
         if body.get("stream", True) is False:
             if not await self._wait_whole(request, reply):
@@ -636,8 +641,11 @@ class FakeOpenAI(_FakeBackend):
 
     def __init__(self, models: Sequence[str] = ("llama3.2:3b",), *,
                  api_key: str | None = None, context_length: int = 8192,
-                 count_tokens: bool = False) -> None:
+                 count_tokens: bool = False, llama_server: bool = False) -> None:
         super().__init__(models, count_tokens)
+        # llama-server's flavour: its usage has no prompt_tokens_details; the cache reuse is in
+        # the `timings` object of the final chunk (cache_n, prompt_n, predicted_n, ...).
+        self.llama_server = llama_server
         self.api_key = api_key
         self.context_length = context_length
         self._completions = 0
@@ -700,9 +708,19 @@ class FakeOpenAI(_FakeBackend):
              "function": {"name": t.name, "arguments": t.argument_text()}}
             for i, t in enumerate(reply.tool_calls)]
         finish = "tool_calls" if calls and reply.finish_reason == "stop" else reply.finish_reason
-        done = len(reply.chunks)
+        done = _completion_tokens(reply)
+        # OpenAI's shape: the cached share of the prompt inside prompt_tokens_details.
         usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": done,
-                 "total_tokens": reply.prompt_tokens + done}
+                 "total_tokens": reply.prompt_tokens + done,
+                 "prompt_tokens_details": {"cached_tokens": reply.cached_tokens,
+                                           "audio_tokens": 0},
+                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
+        timings: Json = {}
+        if self.llama_server:
+            usage = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+            timings = {"cache_n": reply.cached_tokens,
+                       "prompt_n": reply.prompt_tokens - reply.cached_tokens,
+                       "prompt_ms": 12.5, "predicted_n": done, "predicted_ms": 40.0}
 
         if body.get("stream") is not True:
             if not await self._wait_whole(request, reply):
@@ -721,8 +739,10 @@ class FakeOpenAI(_FakeBackend):
             choice = {"index": 0, "delta": delta, "logprobs": None,
                       "finish_reason": finish_reason}
             chunk: Json = {**head, "object": "chat.completion.chunk", "choices": [choice]}
-            if include_usage:  # OpenAI sends an explicit null on every chunk but the last
+            if include_usage and not self.llama_server:  # OpenAI: null on all but the last
                 chunk["usage"] = None
+            if finish_reason is not None and timings:
+                chunk["timings"] = timings
             return _sse(chunk)
 
         asked = (body.get("chat_template_kwargs") or {}).get("enable_thinking")
@@ -745,6 +765,10 @@ class FakeOpenAI(_FakeBackend):
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _completion_tokens(reply: ScriptedReply) -> int:
+    return len(reply.chunks) if reply.completion_tokens is None else reply.completion_tokens
 
 
 def _is_warm_up(body: Json) -> bool:
