@@ -105,6 +105,10 @@ class RecordedRequest:
     body: dict[str, object] | None
     headers: dict[str, str]  # keys lower-cased so tests need not guess the client's casing
     at: float  # time.monotonic()
+    # The backend's own time, for benchmarks that subtract it: when the first streamed piece
+    # was written, and when the response was finished (last byte written).
+    first_byte_at: float | None = None
+    done_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -204,8 +208,10 @@ class _FakeBackend(FakeServer):
                 body = None
             body = body if isinstance(body, dict) else None
             headers = {k.lower(): v for k, v in request.headers.items()}
-            self.requests.append(
-                RecordedRequest(request.method, request.path, body, headers, time.monotonic()))
+            recorded = RecordedRequest(request.method, request.path, body, headers,
+                                       time.monotonic())
+            self.requests.append(recorded)
+            request["recorded"] = recorded
             if raw and body is None:
                 return self._error(400, "invalid JSON body")
             denied = self._guard(request)
@@ -217,6 +223,7 @@ class _FakeBackend(FakeServer):
             try:
                 return await handler(request)
             finally:
+                recorded.done_at = time.monotonic()
                 self._inflight.discard(task)
         return record
 
@@ -265,7 +272,9 @@ class _FakeBackend(FakeServer):
             await asyncio.sleep(reply.first_token_delay if i == 0 else reply.token_delay)
             if i == 1 and reply.pause_after_first is not None:
                 await reply.pause_after_first.wait()
-            first_ns = first_ns or time.monotonic_ns()
+            if first_ns is None:
+                first_ns = time.monotonic_ns()
+                request["recorded"].first_byte_at = first_ns / 1e9
             await resp.write(piece)
         if cut is not None:
             _cut(request)
