@@ -186,8 +186,12 @@ class TelegramRig:
             await asyncio.sleep(0.001)
 
 
-def telegram_config(data_dir: Path, tg: FakeTelegram, llm: FakeOllama, *, draft_interval: float,
-                    edit_interval: float) -> Config:
+def telegram_config(data_dir: Path, tg: FakeTelegram, llm: FakeOllama, *,
+                    draft_interval: float | None, edit_interval: float | None) -> Config:
+    """Pacing None: the config's default, what a user gets."""
+    pacing = {key: value for key, value in (("draft_interval", draft_interval),
+                                            ("edit_interval", edit_interval))
+              if value is not None}
     return make_config(
         data_dir,
         gateway={"port": 0, "providers": {"ollama": {
@@ -195,14 +199,12 @@ def telegram_config(data_dir: Path, tg: FakeTelegram, llm: FakeOllama, *, draft_
             "models": [{"id": llm.models[0], "context_window": 8192, "max_tokens": 1024}]}}},
         agents={"default": {"active_model": f"ollama/{llm.models[0]}"}},
         channels={"telegram": {"token": tg.token, "api_base_url": tg.base_url,
-                               "file_base_url": tg.base_file_url,
-                               "draft_interval": draft_interval,
-                               "edit_interval": edit_interval}},
+                               "file_base_url": tg.base_file_url, **pacing}},
     )
 
 
 @asynccontextmanager
-async def telegram_rig(*, draft_interval: float = 0.0, edit_interval: float = 0.0,
+async def telegram_rig(*, draft_interval: float | None = 0.0, edit_interval: float | None = 0.0,
                        voice: bool = False) -> AsyncIterator[TelegramRig]:
     """The real python-telegram-bot adapter and the real gateway, store and model host, against
     the fake Bot API and a fake Ollama, all on 127.0.0.1 in this process."""
