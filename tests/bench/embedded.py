@@ -13,6 +13,7 @@ provider's worker thread and its hand-over to the event loop).
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import tempfile
 import time
@@ -73,8 +74,6 @@ def _direct(llm: Any, question: str, params: GenerationParams, max_tokens: int
 
 
 async def run(quick: bool) -> Result:
-    import asyncio
-
     from llama_cpp import Llama
 
     runs, max_tokens = (2, 32) if quick else (8, 128)
