@@ -34,6 +34,7 @@ from tests.bench.common import (
     wait_for,
 )
 from tests.fakes.llm_backends import FakeOllama
+from tests.fakes.telegram import Call
 
 FIRST_CHAT = 5_000_000
 WARM_UP = 5
@@ -70,10 +71,13 @@ async def run(quick: bool) -> Result:
             seen, asked = len(tg.calls), len(llm.requests_to("/api/chat"))
             pushed = time.monotonic()
             update = tg.push_text(chat_id=chat, from_id=chat, text="hello")
+
+            def finished(seen: int = seen, chat: int = chat) -> Call | None:
+                return first_text_call(tg, seen, ("sendMessage",), chat)
+
             # Watch the fake's record, not the database: a poll of the store would compete with
             # the turn for the event loop and the SQLite file.
-            await wait_for(lambda: first_text_call(tg, seen, ("sendMessage",), chat),
-                           "the final message")
+            await wait_for(finished, "the final message")
             await rig.answered(update)  # the turn is recorded before the next one starts
             shown = first_text_call(tg, seen, VISIBLE, chat)
             done = first_text_call(tg, seen, ("sendMessage",), chat)
@@ -93,15 +97,15 @@ async def run(quick: bool) -> Result:
         raw = await _raw_httpx(base_url, body, runs)
     async with FakeOllama() as fake:
         once = await once_wall(fake, 3 if quick else 10)
-    figures = {
+    spreads = {
         "first_visible_ms": spread(first_visible, 1000),
         "final_text_ms": spread(final, 1000),
         "raw_httpx_first_token_ms": spread(raw, 1000),
         "backend_first_byte_ms": spread(backend_first, 1000),
-        "ratio_first_visible_to_raw_p50": _ratio(whole_first, raw),
         "chat_once_wall_s": spread(once),
-        "draft_interval_s": 0.0,
     }
+    ratio = _ratio(whole_first, raw)
+    figures = {**spreads, "ratio_first_visible_to_raw_p50": ratio, "draft_interval_s": 0.0}
     result = Result(
         "overhead",
         "(1) gateway overhead per message: Telegram update queued -> text at the fake Bot API, "
@@ -112,17 +116,17 @@ async def run(quick: bool) -> Result:
                        ("final text", "final_text_ms"),
                        ("raw httpx -> first token", "raw_httpx_first_token_ms"),
                        ("backend first byte (subtracted)", "backend_first_byte_ms")):
-        s = figures[key]
+        s = spreads[key]
         result.rows.append((label, s["p50"], s["p90"], s["p99"], s["max"], s["n"]))
-    s = figures["chat_once_wall_s"]
+    s = spreads["chat_once_wall_s"]
     result.rows.append(("`chat --once` process (ms)", s["p50"] * 1000, s["p90"] * 1000,
                         s["p99"] * 1000, s["max"] * 1000, s["n"]))
-    result.notes.append(f"first visible text p50 is {figures['ratio_first_visible_to_raw_p50']:.1f}"
+    result.notes.append(f"first visible text p50 is {ratio:.1f}"
                         "x a bare httpx request's time to first token (both with the "
                         "backend's time)")
     result.notes.append("drafts unpaced (draft_interval 0); each run a new DM; one process "
                         "holds the fakes and the gateway")
-    chart(figures, RESULTS / "latency.png")
+    chart(spreads, RESULTS / "latency.png")
     result.notes.append(f"chart: {RESULTS.name}/latency.png")
     return result
 
@@ -133,7 +137,7 @@ def _ratio(gateway: list[float], raw: list[float]) -> float:
     return median(gateway) / median(raw)
 
 
-def chart(figures: dict[str, dict[str, float]], path: Path) -> None:
+def chart(figures: dict[str, dict[str, float | int]], path: Path) -> None:
     """Percentiles of the three latencies, side by side, as a small PNG."""
     import matplotlib
 

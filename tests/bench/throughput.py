@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 
 from tests.bench.common import Result, progress, spread, telegram_rig, wait_for
+from tests.fakes.telegram import Call
 from tests.support.helpers import db_rows
 
 FIRST_CHAT = 7_000_000
@@ -31,9 +33,8 @@ async def _probe(lags: list[float]) -> None:
         lags.append(time.perf_counter() - asked - PROBE)
 
 
-def _finals(calls: list[object], seen: int) -> int:
-    return sum(1 for c in calls[seen:]
-               if getattr(c, "method", None) == "sendMessage" and getattr(c, "status", 0) == 200)
+def _finals(calls: Sequence[Call], seen: int) -> int:
+    return sum(1 for c in calls[seen:] if c.method == "sendMessage" and c.status == 200)
 
 
 async def run(quick: bool) -> Result:
@@ -66,7 +67,9 @@ async def run(quick: bool) -> Result:
         elapsed = last - started
 
         def recorded() -> int:
-            return int(db_rows(rig.service, ANSWERED)[0][0])  # type: ignore[call-overload]
+            (count,) = db_rows(rig.service, ANSWERED)[0]
+            assert isinstance(count, int)
+            return count
 
         # Each turn is recorded just after its final message: the clock has stopped by now.
         await wait_for(lambda: recorded() >= total + 1, "every turn recorded")

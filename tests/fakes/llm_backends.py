@@ -149,6 +149,9 @@ def prompt_tokens_of(body: Json) -> int:
     return total
 
 
+_RECORDED = web.RequestKey("recorded", RecordedRequest)
+
+
 def _dumps(payload: object) -> str:
     # Compact like the real servers (Go's encoder, pydantic): clients must not rely on spacing.
     return json.dumps(payload, separators=(",", ":"))
@@ -211,7 +214,7 @@ class _FakeBackend(FakeServer):
             recorded = RecordedRequest(request.method, request.path, body, headers,
                                        time.monotonic())
             self.requests.append(recorded)
-            request["recorded"] = recorded
+            request[_RECORDED] = recorded
             if raw and body is None:
                 return self._error(400, "invalid JSON body")
             denied = self._guard(request)
@@ -274,7 +277,7 @@ class _FakeBackend(FakeServer):
                 await reply.pause_after_first.wait()
             if first_ns is None:
                 first_ns = time.monotonic_ns()
-                request["recorded"].first_byte_at = first_ns / 1e9
+                request[_RECORDED].first_byte_at = first_ns / 1e9
             await resp.write(piece)
         if cut is not None:
             _cut(request)
