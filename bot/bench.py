@@ -97,8 +97,11 @@ def _rss_kb(pid: int | str = "self") -> int | None:
     return None
 
 
-async def _ollama_memory(base_url: str, model_id: str) -> float | None:
+async def _ollama_memory(base_url: str, model_id: str) -> tuple[float, float] | None:
+    """What Ollama's /api/ps says the loaded model takes, in MB: in all, and in VRAM."""
     import httpx
+
+    from bot.providers.ollama import same_model
 
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
@@ -108,15 +111,16 @@ async def _ollama_memory(base_url: str, model_id: str) -> float | None:
     if not isinstance(answer, dict):
         return None
     for entry in answer.get("models") or []:
-        if model_id in (entry.get("name"), entry.get("model")) or str(
-                entry.get("name", "")).startswith(model_id + ":"):
-            size = entry.get("size") or entry.get("size_vram")
-            return float(size) / 1e6 if size else None
+        if isinstance(entry, dict) and same_model(str(entry.get("name") or entry.get("model")),
+                                                  model_id):
+            size, vram = entry.get("size"), entry.get("size_vram")
+            if isinstance(size, int) and size > 0:
+                return size / 1e6, (vram / 1e6 if isinstance(vram, int) else 0.0)
     return None
 
 
-async def _direct(host: ModelHost, label: str, params: GenerationParams) -> tuple[float, float
-                                                                                  | None, int]:
+async def _direct(host: ModelHost, label: str,
+                  params: GenerationParams) -> tuple[float, float | None, int]:
     """One request straight to the backend: (seconds to first token, decode tokens/s, tokens)."""
     provider, spec = host.backend(label)
     messages = (ChatMessage("system", SYSTEM), ChatMessage("user", PROMPT))
@@ -198,8 +202,10 @@ async def _measure(host: ModelHost, gateway: Gateway, config: Config, runs: int,
         if rss is not None:
             memory, source = rss / 1024, "the managed server's resident memory"
     elif spec.type == "ollama" and spec.base_url:
-        memory = await _ollama_memory(spec.base_url, model.id)
-        source = "Ollama /api/ps (size)" if memory is not None else source
+        reported = await _ollama_memory(spec.base_url, model.id)
+        if reported is not None:
+            memory, vram = reported
+            source = f"Ollama /api/ps, of which {vram:.0f} MB in VRAM"
 
     first_overhead: list[float] = []
     turn_overhead: list[float] = []

@@ -52,7 +52,7 @@ async def test_bench_json_against_ollama(tmp_path: Path, fake_ollama: FakeOllama
     assert generates[1] is not None and generates[1]["keep_alive"] != 0, "then loaded"
     # The fake's /api/ps reports the model's size in bytes.
     assert report["backend_memory_mb"] == 2_019_393_189 / 1e6
-    assert "/api/ps" in report["backend_memory_source"]
+    assert report["backend_memory_source"] == "Ollama /api/ps, of which 2019 MB in VRAM"
     assert report["tokens_per_reply"] == 3  # the fake's default reply: three pieces
     samples = report["samples"]
     assert len(samples["first_token_s"]) == 2
