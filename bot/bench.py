@@ -173,8 +173,9 @@ async def _measure(host: ModelHost, gateway: Gateway, config: Config, runs: int,
     if spec.type == "ollama" and not managed:
         try:
             await provider.unload(model)
-        except ProviderError:  # not up yet (start() waits for it), or it refused: then the
-            kind = "load (it could not be asked to unload first)"  # load is all there is
+        except ProviderError:
+            # Not up yet (start() waits for it) or it refused: the load is all there is to time.
+            kind = "load (it could not be asked to unload first)"
     rss_before = _rss_kb()
     cold = await host.start()
 
@@ -195,7 +196,8 @@ async def _measure(host: ModelHost, gateway: Gateway, config: Config, runs: int,
     if spec.type == "embedded":
         after = _rss_kb()
         if rss_before is not None and after is not None:
-            memory, source = (after - rss_before) / 1024, "this process's growth on loading"
+            memory = (after - rss_before) / 1024
+            source = "this process's growth since before loading"
     elif managed:
         servers = [s for s in host.status().managed if s.pid is not None]
         rss = _rss_kb(servers[0].pid) if servers and servers[0].pid else None
