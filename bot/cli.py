@@ -169,6 +169,12 @@ def _parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="check the setup, one line per check")
     doctor.set_defaults(handler=_doctor)
 
+    bench = commands.add_parser("bench", help="measure the active model's backend and "
+                                              "hearthbot's own time per turn")
+    bench.set_defaults(handler=_bench)
+    bench.add_argument("--runs", type=int, default=3, help="requests and turns to time (3)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+
     service = commands.add_parser("service", help="run hearthbot as a user service "
                                                   "(systemd on Linux, launchd on macOS)")
     service_commands = service.add_subparsers(dest="service_command", required=True,
@@ -502,6 +508,12 @@ async def _warm(config: Config, args: argparse.Namespace) -> int:
         await host.close()
     print(f"{host.label(None)} is loaded and warm ({seconds:.2f} s).")
     return EXIT_OK
+
+
+async def _bench(config: Config, args: argparse.Namespace) -> int:
+    from bot.bench import run_bench
+
+    return await run_bench(config, max(1, args.runs), args.json)
 
 
 async def _doctor(config: Config, args: argparse.Namespace) -> int:

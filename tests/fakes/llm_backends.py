@@ -136,6 +136,10 @@ class RecordedRequest:
     body: dict[str, object] | None
     headers: dict[str, str]  # keys lower-cased so tests need not guess the client's casing
     at: float  # time.monotonic()
+    # The backend's own time, for benchmarks that subtract it: when the first streamed piece
+    # was written, and when the response was finished (last byte written).
+    first_byte_at: float | None = None
+    done_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,9 @@ def _openai_content_problem(messages: list[Any]) -> str | None:
     return None
 
 
+_RECORDED = web.RequestKey("recorded", RecordedRequest)
+
+
 def _dumps(payload: object) -> str:
     # Compact like the real servers (Go's encoder, pydantic): clients must not rely on spacing.
     return json.dumps(payload, separators=(",", ":"))
@@ -308,8 +315,10 @@ class _FakeBackend(FakeServer):
                 body = None
             body = body if isinstance(body, dict) else None
             headers = {k.lower(): v for k, v in request.headers.items()}
-            self.requests.append(
-                RecordedRequest(request.method, request.path, body, headers, time.monotonic()))
+            recorded = RecordedRequest(request.method, request.path, body, headers,
+                                       time.monotonic())
+            self.requests.append(recorded)
+            request[_RECORDED] = recorded
             if raw and body is None:
                 return self._error(400, "invalid JSON body")
             denied = self._guard(request)
@@ -321,6 +330,7 @@ class _FakeBackend(FakeServer):
             try:
                 return await handler(request)
             finally:
+                recorded.done_at = time.monotonic()
                 self._inflight.discard(task)
         return record
 
@@ -369,7 +379,9 @@ class _FakeBackend(FakeServer):
             await asyncio.sleep(reply.first_token_delay if i == 0 else reply.token_delay)
             if i == 1 and reply.pause_after_first is not None:
                 await reply.pause_after_first.wait()
-            first_ns = first_ns or time.monotonic_ns()
+            if first_ns is None:
+                first_ns = time.monotonic_ns()
+                request[_RECORDED].first_byte_at = first_ns / 1e9
             await resp.write(piece)
         if cut is not None:
             _cut(request)
