@@ -219,6 +219,25 @@ class DiscordChat:
             except DeliveryError as exc:  # already gone
                 log.info("discord: could not remove message %s: %s", handle, exc)
 
+    async def unrecorded(self, own_id: int, question_id: str,
+                         known: tuple[str, ...]) -> tuple[str, ...]:
+        """Answers to `question_id` this bot sent that no record names: a crash between
+        Discord's answer to a send and the record of it leaves one. They are told by their
+        reference to the question, which only the first piece in a guild carries."""
+        if self.reply_to is None:
+            return ()
+        question = int(question_id)
+        found: list[str] = []
+        try:
+            async for message in self.channel.history(after=discord.Object(question), limit=50):
+                reference = message.reference
+                if (message.author.id == own_id and reference is not None
+                        and reference.message_id == question and str(message.id) not in known):
+                    found.append(str(message.id))
+        except discord.HTTPException as exc:  # no Read Message History: nothing to find
+            log.info("discord: could not look for earlier answers to %s: %s", question_id, exc)
+        return tuple(found)
+
     async def edit(self, handle: discord.Message, text: str, final: bool) -> None:
         await _translated(handle.edit(content=text))
 
@@ -389,8 +408,12 @@ class DiscordAdapter:
         return self.client
 
     async def deliver(self, event: InboundEvent, reply: Reply) -> None:
-        chat = self._chat(self._client(), event)
-        await chat.remove(reply.leftovers)
+        client = self._client()
+        chat = self._chat(client, event)
+        leftovers = reply.leftovers
+        if reply.resumed and client.user is not None:
+            leftovers += await chat.unrecorded(client.user.id, event.message_id, leftovers)
+        await chat.remove(leftovers)
 
         async def sent(message: discord.Message) -> None:
             await reply.sent(str(message.id))

@@ -98,7 +98,7 @@ class Intake:
             log.info("%s: resuming unanswered message %s", self.platform,
                      pending.event.message_id)
             self._queue(pending.inbox_id, _fetchable_again(pending.event, fetch_again),
-                        pending.sent)
+                        pending.sent, resumed=True)
 
     def release(self) -> bool:
         """Hand held answers to their lanes; False when they were released before."""
@@ -126,20 +126,21 @@ class Intake:
         await self.lanes.close()
 
     def _queue(self, inbox_id: int, event: InboundEvent,
-               leftovers: tuple[str, ...] = ()) -> None:
+               leftovers: tuple[str, ...] = (), resumed: bool = False) -> None:
         # The lane keeps a chat's turns in order: a second voice note is heard only after the
         # reply to the first has been spoken.
-        job = partial(self._answer, inbox_id, event, leftovers)
+        job = partial(self._answer, inbox_id, event, leftovers, resumed)
         if self._held is not None:
             self._held.append((event.chat_id, job))
         else:
             self.lanes.submit(event.chat_id, job)
 
     async def _answer(self, inbox_id: int, event: InboundEvent,
-                      leftovers: tuple[str, ...]) -> None:
+                      leftovers: tuple[str, ...], resumed: bool) -> None:
         if not self._answering:  # stopping: it stays in the inbox for the next start
             return
-        await self.gateway.answer(inbox_id, event, self.deliver, self.deliver_voice, leftovers)
+        await self.gateway.answer(inbox_id, event, self.deliver, self.deliver_voice, leftovers,
+                                  resumed)
 
 
 def _fetchable_again(event: InboundEvent, fetch_again: FetchAgain) -> InboundEvent:

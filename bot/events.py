@@ -154,12 +154,15 @@ class Reply:
     attempt at this same reply left in the chat: the adapter removes them before it sends
     anything, so a restart never leaves a truncated reply beside the full one. The adapter
     calls `sent` with each message's platform id as soon as that message exists (the last one
-    excepted: the turn's record follows it at once).
+    excepted: the turn's record follows it at once). `resumed` says an earlier run began this
+    reply: a crash between a message's creation and its record leaves one that `leftovers`
+    cannot name, which an adapter that can read its chat looks for itself.
     """
 
     parts: AsyncIterator[ReplyPart]
     leftovers: tuple[str, ...] = ()
     sent: Callable[[str], Awaitable[None]] = _not_recorded
+    resumed: bool = False
 
     def __aiter__(self) -> Reply:
         return self

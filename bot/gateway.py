@@ -126,10 +126,11 @@ class Gateway:
 
     async def answer(self, inbox_id: int, event: InboundEvent, deliver: Deliver,
                      deliver_voice: DeliverVoice | None = None,
-                     leftovers: tuple[str, ...] = ()) -> TurnResult:
+                     leftovers: tuple[str, ...] = (), resumed: bool = False) -> TurnResult:
         """Answer a stored event. `leftovers` are messages an interrupted earlier attempt at
-        this reply left in the chat; the adapter removes them first."""
-        reply = _ReplyOutlet(self, inbox_id, event, deliver, leftovers)
+        this reply left in the chat (`resumed`: an earlier run began it); the adapter removes
+        them first."""
+        reply = _ReplyOutlet(self, inbox_id, event, deliver, leftovers, resumed)
         try:
             return await self._answer(inbox_id, event, reply, deliver_voice)
         except DeliveryError as exc:  # the platform refused the answer: nothing more to send
@@ -304,18 +305,20 @@ class _ReplyOutlet:
     attempt to remove, and each sent message remembered until the turn is recorded."""
 
     def __init__(self, gateway: Gateway, inbox_id: int, event: InboundEvent, deliver: Deliver,
-                 leftovers: tuple[str, ...]) -> None:
+                 leftovers: tuple[str, ...], resumed: bool) -> None:
         self._gateway = gateway
         self._inbox_id = inbox_id
         self._event = event
         self._deliver = deliver
         self._leftovers = leftovers
+        self._resumed = resumed
 
     async def deliver(self, parts: AsyncIterator[ReplyPart], record: bool = True) -> None:
-        reply = (Reply(parts, self._leftovers, self._sent) if record
-                 else Reply(parts, self._leftovers))
+        # Only the first delivery can meet what an earlier run left behind.
+        reply = (Reply(parts, self._leftovers, self._sent, self._resumed) if record
+                 else Reply(parts, self._leftovers, resumed=self._resumed))
         await self._deliver(self._event, reply)
-        self._leftovers = ()
+        self._leftovers, self._resumed = (), False
 
     async def _sent(self, handle: str) -> None:
         await inbox.add_sent(self._gateway.store, self._inbox_id, handle)

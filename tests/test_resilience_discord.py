@@ -10,9 +10,17 @@ from pathlib import Path
 from bot.events import MessageStatus
 from bot.service import Service
 from tests.fakes.discord import FakeDiscord
-from tests.fakes.llm_backends import FakeOllama
-from tests.support.discord import STRANGER_ID, barrier, bot_messages, serving, settled, taken
-from tests.support.helpers import chat_requests, db_rows
+from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+from tests.support.discord import (
+    STRANGER_ID,
+    barrier,
+    bot_messages,
+    serving,
+    settled,
+    state,
+    taken,
+)
+from tests.support.helpers import chat_requests, db_rows, until
 
 MALFORMED = [
     ("MESSAGE_DELETE", {"v": "0"}),
@@ -113,3 +121,31 @@ async def test_unaddressed_voice_notes_are_heard_only_within_the_hourly_budget(
         await speech.close()
     # A ollama_service without speech cannot hear them at all, so it keeps none.
     assert not ollama_service.gateway.wants(group_voice(7))
+
+
+async def test_an_answer_whose_record_a_crash_beat_is_found_and_replaced(
+        fake_discord: FakeDiscord, ollama_service: Service, fake_ollama: FakeOllama) -> None:
+    """A kill between Discord's answer to a send and the record of it leaves a message no
+    record names; the next start finds it by its reference to the question and removes it."""
+    fake_ollama.script(ScriptedReply(chunks=tuple(f"word{n} " for n in range(60)),
+                                     token_delay=0.05),
+                       ScriptedReply(chunks=("The whole answer, at last.",)))
+    async with serving(ollama_service):
+        question = fake_discord.guild_message(author_id=STRANGER_ID, author_name="stranger",
+                                              content="tell me everything", mention_bot=True)
+        await until(lambda: bot_messages(fake_discord, fake_discord.channel_id),
+                    "the partial answer to be on the channel")
+        (partial,) = bot_messages(fake_discord, fake_discord.channel_id)
+        await until(lambda: db_rows(ollama_service, "select sent from inbox "
+                                    "where sent is not null"), "the partial answer recorded")
+    # As the kill would have left it: the message is there, its record is not.
+    db_rows(ollama_service, "update inbox set sent = null")
+    assert await state(ollama_service, question) is MessageStatus.RECEIVED
+
+    async with serving(ollama_service):
+        assert await settled(ollama_service, question) is MessageStatus.ANSWERED
+    answers = bot_messages(fake_discord, fake_discord.channel_id)
+    assert [m["content"] for m in answers] == ["The whole answer, at last."]
+    assert answers[0]["message_reference"]["message_id"] == question["id"]
+    deletes = [c for c in fake_discord.calls if c.method == "DELETE"]
+    assert [c.path.rsplit("/", 1)[1] for c in deletes] == [partial["id"]]

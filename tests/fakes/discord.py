@@ -610,7 +610,7 @@ class FakeDiscord(FakeServer):
                     and path.endswith(failure.path_suffix)):
                 failure.times -= 1
                 return self._fail(call, request, failure.status, failure.retry_after)
-        status, payload = self._route(request.method, path, body, files)
+        status, payload = self._route(request.method, path, body, files, dict(request.query))
         if status == 429:
             return self._fail(call, request, 429, float(payload["retry_after"]))
         return self._answer(call, status, payload)
@@ -652,8 +652,8 @@ class FakeDiscord(FakeServer):
                 files[part.name] = bytes(await part.read())
         return body, files
 
-    def _route(self, method: str, path: str, body: Any, files: dict[str, bytes]
-               ) -> tuple[int, Any]:
+    def _route(self, method: str, path: str, body: Any, files: dict[str, bytes],
+               query: dict[str, str]) -> tuple[int, Any]:
         parts = path.strip("/").split("/")
         if method == "GET" and path == "/users/@me":
             return 200, self._me()
@@ -677,6 +677,8 @@ class FakeDiscord(FakeServer):
             return 204, None
         if method == "POST" and parts[2:] == ["messages"]:
             return self._create_message(cid, body or {}, files)
+        if method == "GET" and parts[2:] == ["messages"]:
+            return 200, self._history(cid, query)
         if (match := MESSAGE_PATH.fullmatch(path)) is None:
             return _error(404, 0, "404: Not Found")
         msg = next((m for m in self._messages.get(cid, []) if m["id"] == match.group(1)), None)
@@ -692,6 +694,19 @@ class FakeDiscord(FakeServer):
             self.dispatch("MESSAGE_DELETE", gone)
             return 204, None
         return _error(405, 0, "405: Method Not Allowed")
+
+    def _history(self, cid: int, query: dict[str, str]) -> list[Json]:
+        """GET /channels/{id}/messages as Discord answers it: newest first; with `after`, the
+        oldest `limit` messages after that id (still newest first); else the newest `limit`
+        before `before`, if given."""
+        limit = min(int(query.get("limit", 50)), 100)
+        by_age = sorted(self._messages.get(cid, []), key=lambda m: int(m["id"]))
+        if "after" in query:
+            return list(reversed([m for m in by_age if int(m["id"]) > int(query["after"])]
+                                 [:limit]))
+        if "before" in query:
+            by_age = [m for m in by_age if int(m["id"]) < int(query["before"])]
+        return list(reversed(by_age[-limit:]))
 
     def _flood_check(self, cid: int) -> tuple[int, Json] | None:
         """Optional model of the per-channel create/edit bucket: too close → 429 by itself."""
