@@ -54,7 +54,7 @@ def approvals_config(data_dir: Path, fake_llm: FakeOllama, *, seconds: float = 1
     """By default the owner's persona reads files only with the owner's yes; the model can
     call tools."""
     model = {"id": fake_llm.models[0], "context_window": 8192, "max_tokens": 512,
-             "capabilities": ["completion", "tools"]}
+             "capabilities": ["text", "tools"]}
     channels: dict[str, Any] = {}
     if fake_tg is not None:
         channels["telegram"] = {"token": fake_tg.token, "api_base_url": fake_tg.base_url,
