@@ -20,6 +20,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # `import httpx` also imports httpx's own command-line client (click, rich, pygments) whenever
 # those happen to be installed: tens of milliseconds at every start for a tool never run here.
-sys.modules.setdefault("httpx._main", None)
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 __version__ = "0.1.0"
