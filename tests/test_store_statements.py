@@ -12,11 +12,11 @@ from typing import Any
 
 from sqlalchemy import event
 
-from adapters.console import GUEST, ConsoleChat
+from adapters.console import GUEST, OWNER, ConsoleChat
 from bot.config import BindingSpec
 from bot.events import MessageStatus
 from bot.service import Service
-from bot.store.bindings import add_binding, remove_binding
+from bot.store.bindings import add_binding, remove_binding, seed_bindings
 from persona.personas import ADMIN_PROMPT, GUEST_PROMPT
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.support.helpers import sent_messages, until
@@ -105,4 +105,23 @@ async def test_bind_and_unbind_from_another_process_apply_to_the_next_message(
     code, _, err = await hearthbot("unbind", binding_id, env=cli_env)
     assert code == 0, err
     await chat.ask("and after that?")
+    assert sent_messages(fake_ollama)[0]["content"] == GUEST_PROMPT
+
+
+async def test_seeding_the_same_config_again_keeps_the_cache(
+        ollama_service: Service, fake_ollama: FakeOllama) -> None:
+    chat = console(ollama_service)
+    await chat.ask("first")
+    config_bindings = ollama_service.config.agents.bindings
+    assert config_bindings  # the owner's
+    await seed_bindings(ollama_service.store, config_bindings)  # as every start does
+    with statements(ollama_service) as seen:
+        await chat.ask("second")
+    assert "SELECT FROM bindings" not in tables(seen)
+    # Seeding a config without them is a change: the owner's binding is gone at once.
+    owner = console(ollama_service, OWNER)
+    await owner.ask("who am I?")
+    assert sent_messages(fake_ollama)[0]["content"] == ADMIN_PROMPT
+    await seed_bindings(ollama_service.store, ())
+    await owner.ask("and now?")
     assert sent_messages(fake_ollama)[0]["content"] == GUEST_PROMPT

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, select, text
+from sqlalchemy import ColumnElement, CursorResult, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped
 
@@ -103,11 +104,14 @@ async def add_binding(store: Store, spec: BindingSpec, *, source: str = "cli") -
                              chat_kind=spec.chat_kind, peer_id=spec.peer, group_id=spec.group,
                              persona=spec.persona, note=spec.note, source=source)
             session.add(row)
+            changed = True
         else:
+            changed = (row.persona, row.note) != (spec.persona, spec.note or row.note)
             row.persona = spec.persona
             row.note = spec.note or row.note
         await session.flush()
-        await note_change(store, session)
+        if changed:  # the config's bindings are seeded at every start, mostly unchanged
+            await note_change(store, session)
         return _to_binding(row)
 
 
@@ -136,9 +140,10 @@ async def seed_bindings(store: Store, specs: tuple[BindingSpec, ...]) -> None:
     """
     kept = {(await add_binding(store, spec, source="config")).id for spec in specs}
     async with store.write() as session:
-        await session.execute(delete(BindingRow).where(BindingRow.source == "config",
-                                                       BindingRow.id.not_in(kept)))
-        await note_change(store, session)
+        result = await session.execute(delete(BindingRow).where(
+            BindingRow.source == "config", BindingRow.id.not_in(kept)))
+        if cast("CursorResult[Any]", result).rowcount:
+            await note_change(store, session)
 
 
 def _same(column: Mapped[str | None], value: str | None) -> ColumnElement[bool]:
