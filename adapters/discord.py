@@ -34,7 +34,7 @@ from adapters.streaming import (
 from bot.approvals import Question
 from bot.config import DiscordChannel
 from bot.errors import AdapterStartError, DeliveryError, PlatformUnavailable, RateLimited
-from bot.events import ChatKind, InboundEvent, Reply, VoiceAttachment
+from bot.events import ChatKind, ImageAttachment, InboundEvent, Reply, VoiceAttachment
 from bot.gateway import Gateway
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ def to_event(message: discord.Message, me: discord.ClientUser) -> InboundEvent |
         mentioned=own.search(message.content) is not None or role in message.role_mentions,
         reply_to_bot=_replies_to(message, me),
         voice=_voice(message),
+        images=_images(message),
         received_at=message.created_at,
     )
 
@@ -136,18 +137,29 @@ def _voice(message: discord.Message) -> VoiceAttachment | None:
     return None
 
 
+def _images(message: discord.Message) -> tuple[ImageAttachment, ...]:
+    """Every image attachment, each with the size Discord reports, downloaded only when asked
+    for (the cap is checked against that size first)."""
+    return tuple(
+        ImageAttachment(mime_type=attachment.content_type or "image/png", size=attachment.size,
+                        ref=str(attachment.id), fetch=partial(_download, attachment))
+        for attachment in message.attachments
+        if (attachment.content_type or "").startswith("image/"))
+
+
 async def _download(attachment: discord.Attachment) -> bytes:
     return await _translated(attachment.read())
 
 
 async def _download_again(client: discord.Client, event: InboundEvent, ref: str) -> bytes:
-    """A stored event's voice message: the message is fetched anew for a fresh CDN URL."""
+    """A stored event's voice message or image: the message is fetched anew for a fresh CDN
+    URL."""
     channel = client.get_partial_messageable(int(event.chat_id))
     message = await _translated(channel.fetch_message(int(event.message_id)))
     for attachment in message.attachments:
         if str(attachment.id) == ref:
             return await _download(attachment)
-    raise DeliveryError(f"voice message {event.message_id} has no attachment {ref} any more")
+    raise DeliveryError(f"message {event.message_id} has no attachment {ref} any more")
 
 
 async def _translated(call: Awaitable[T]) -> T:

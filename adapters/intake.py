@@ -20,7 +20,7 @@ from bot.turn import Deliver, DeliverVoice
 
 log = logging.getLogger(__name__)
 
-# Fetches a stored event's voice note again, by the platform's reference to the file.
+# Fetches a stored event's voice note or image again, by the platform's reference to the file.
 FetchAgain = Callable[[InboundEvent, str], Awaitable[bytes]]
 
 
@@ -143,8 +143,12 @@ class Intake:
 
 
 def _fetchable_again(event: InboundEvent, fetch_again: FetchAgain) -> InboundEvent:
-    """A stored event's voice note, fetchable again by its platform reference."""
-    if event.voice is None:
-        return event
-    fetch = partial(fetch_again, event, event.voice.ref)
-    return replace(event, voice=replace(event.voice, fetch=fetch))
+    """A stored event's voice note and images, fetchable again by their platform references."""
+    if event.voice is not None:
+        fetch = partial(fetch_again, event, event.voice.ref)
+        event = replace(event, voice=replace(event.voice, fetch=fetch))
+    if event.images:
+        event = replace(event, images=tuple(
+            replace(image, fetch=partial(fetch_again, event, image.ref))
+            for image in event.images))
+    return event

@@ -189,10 +189,15 @@ class _Shown(Generic[Handle]):
     text: str
 
 
+# Never sent as an empty message: the core always ends a reply without text with a sentence
+# saying why, so this is only the last guard (a platform would refuse the empty text anyway).
+NOTHING_TO_SAY = "I have no answer to that."
+
+
 def final_text(text: str, failure: str | None) -> str:
     """What the user finally reads: the reply, and the plain sentence if it broke off."""
     if failure is None:
-        return text
+        return text if text.strip() else NOTHING_TO_SAY
     return f"{text.rstrip()}\n\n{failure}" if text.strip() else failure
 
 

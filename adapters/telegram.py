@@ -33,6 +33,7 @@ from telegram import (
     InlineKeyboardMarkup,
     Message,
     MessageEntity,
+    PhotoSize,
     Update,
     User,
 )
@@ -62,7 +63,14 @@ from bot.errors import (
     PlatformUnavailable,
     RateLimited,
 )
-from bot.events import ChatKind, InboundEvent, Reply, VoiceAttachment, clean_text
+from bot.events import (
+    ChatKind,
+    ImageAttachment,
+    InboundEvent,
+    Reply,
+    VoiceAttachment,
+    clean_text,
+)
 from bot.gateway import Gateway
 
 if TYPE_CHECKING:
@@ -88,9 +96,11 @@ CLOSED = "This question is closed."
 OWNER_ONLY = "Only the owner can answer this."
 
 
-def to_event(update: Update, me: User, fetch_file: FetchFile) -> InboundEvent | None:
+def to_event(update: Update, me: User, fetch_file: FetchFile,
+             max_image_bytes: int | None = None) -> InboundEvent | None:
     """An Update as our event, or None for what is not a message to us (edits, channel posts,
-    messages from bots, service messages)."""
+    messages from bots, service messages). Of a photo's sizes the largest within
+    `max_image_bytes` is taken."""
     message = update.message
     if message is None or message.from_user is None or message.from_user.is_bot:
         return None
@@ -118,6 +128,7 @@ def to_event(update: Update, me: User, fetch_file: FetchFile) -> InboundEvent | 
         mentioned=mentioned,
         reply_to_bot=bool(replied and replied.from_user and replied.from_user.id == me.id),
         voice=_voice(message, fetch_file),
+        images=_images(message, fetch_file, max_image_bytes),
         received_at=message.date,
     )
 
@@ -157,6 +168,34 @@ def _voice(message: Message, fetch_file: FetchFile) -> VoiceAttachment | None:
     seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
     return VoiceAttachment(mime_type=media.mime_type or "audio/ogg", duration=seconds,
                            ref=media.file_id, fetch=partial(fetch_file, media.file_id))
+
+
+def _images(message: Message, fetch_file: FetchFile,
+            max_bytes: int | None) -> tuple[ImageAttachment, ...]:
+    """A photo (one of the sizes Telegram made of it), or an image sent as a file.
+
+    An album arrives as one message per photo, so a message holds at most one image.
+    """
+    if message.photo:
+        size = _photo_size(message.photo, max_bytes)
+        # Telegram re-encodes every photo it is sent as JPEG.
+        return (ImageAttachment(mime_type="image/jpeg", size=size.file_size, ref=size.file_id,
+                                fetch=partial(fetch_file, size.file_id)),)
+    document = message.document
+    if document is not None and (document.mime_type or "").startswith("image/"):
+        return (ImageAttachment(mime_type=document.mime_type or "image/jpeg",
+                                size=document.file_size, ref=document.file_id,
+                                fetch=partial(fetch_file, document.file_id)),)
+    return ()
+
+
+def _photo_size(sizes: tuple[PhotoSize, ...], max_bytes: int | None) -> PhotoSize:
+    """The largest size within the cap; when none is, the smallest (it is then refused by its
+    size, before any download, with a sentence that says so)."""
+    by_pixels = sorted(sizes, key=lambda s: s.width * s.height)
+    fitting = [s for s in by_pixels
+               if max_bytes is None or s.file_size is None or s.file_size <= max_bytes]
+    return fitting[-1] if fitting else by_pixels[0]
 
 
 class _WithoutPayloads(logging.Filter):
@@ -461,7 +500,7 @@ class TelegramAdapter:
             await self._pressed(bot, update.callback_query)
             return
         try:
-            event = to_event(update, bot.bot, self._fetch_file)
+            event = to_event(update, bot.bot, self._fetch_file, self.gateway.images.max_bytes)
         except Exception as exc:
             await self._intake.quarantine(f"update {update_id}", update.to_dict(), exc)
             return

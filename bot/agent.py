@@ -13,7 +13,15 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from bot.model_host import ModelTarget
-from bot.providers import ChatMessage, StreamEnd, TextDelta, ToolCallDelta, ToolSpec
+from bot.providers import (
+    ChatMessage,
+    StreamEnd,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolSpec,
+)
+from bot.providers.base import LENGTH
 from bot.tools import ToolContext, ToolGate, ToolResult
 from persona import Persona
 
@@ -34,6 +42,11 @@ class ToolStatus:
     text: str
 
 
+@dataclass(frozen=True)
+class CutShort:
+    """The answer stopped at the model's token cap, not where the model meant to end it."""
+
+
 @dataclass
 class AgentRun:
     """What one loop produced besides the reply: the calls made and the tokens spent."""
@@ -42,6 +55,8 @@ class AgentRun:
     steps: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of the prompt tokens, those served from the backend's cache; None until one says.
+    cached_tokens: int | None = None
     counted: bool = False  # whether the backend reported tokens at all
     finish_reason: str | None = None
     # The prompt of the first request alone, as the backend counted it: the context guard
@@ -56,6 +71,8 @@ class AgentRun:
             self.counted = True
             self.prompt_tokens += end.prompt_tokens or 0
             self.completion_tokens += end.completion_tokens or 0
+        if end.cached_tokens is not None:
+            self.cached_tokens = (self.cached_tokens or 0) + end.cached_tokens
 
 
 class AgentLoop:
@@ -76,8 +93,13 @@ class AgentLoop:
         return self.gate.specs(self.persona) if self.gate is not None else []
 
     async def reply(self, messages: Sequence[ChatMessage]
-                    ) -> AsyncGenerator[TextDelta | ToolStatus, None]:
-        """Stream the answer to `messages`, running the tools the model asks for between."""
+                    ) -> AsyncGenerator[TextDelta | ThinkingDelta | ToolStatus | CutShort, None]:
+        """Stream the answer to `messages`, running the tools the model asks for between.
+
+        Thoughts pass through as ThinkingDeltas for the record; they never join the history
+        sent back to the model. CutShort comes last when the final answer hit the token cap
+        (a tool step cut there is not the answer: its calls go to the gate, which refuses
+        malformed ones)."""
         history = list(messages)
         own = len(history) - 1  # this turn's message; tool traffic is appended after it
         tools = self.tools()
@@ -95,11 +117,15 @@ class AgentLoop:
                 if isinstance(delta, TextDelta):
                     said.append(delta.text)
                     yield delta
+                elif isinstance(delta, ThinkingDelta):
+                    yield delta
                 elif isinstance(delta, ToolCallDelta):
                     calls.append(delta)
                 else:
                     self.run.add(delta)
             if not calls or self.gate is None or self.context is None:
+                if self.run.finish_reason == LENGTH:
+                    yield CutShort()
                 return
             if self.run.steps >= self.max_steps:
                 yield TextDelta(_aside(OUT_OF_STEPS.format(steps=self.run.steps)))

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from adapters.base import Adapter
     from bot.service import Service
     from bot.store.bindings import Binding
+    from bot.store.usage import UsageLine
     from bot.turn import TurnResult
     from bot.web.server import WebServer
 
@@ -107,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--persona", help="only this persona's calls")
     audit.add_argument("--limit", type=int, default=100, help="at most this many (newest)")
 
+    usage = commands.add_parser("usage", help="show the tokens the models used and their "
+                                              "cost, from the configured prices")
+    usage.set_defaults(handler=_usage)
+    usage.add_argument("--since", type=_since, metavar="WHEN",
+                       help="only turns since then: an ISO date or time (UTC), or an age "
+                            "such as 24h, 7d (default: all)")
+    usage.add_argument("--by", choices=("model", "persona", "chat"), default="model",
+                       help="one line per model (the default), persona or chat")
+    usage.add_argument("--json", action="store_true", help="print the figures as JSON")
+
     transcribe = commands.add_parser("transcribe",
                                      help="print what a voice note or audio file says")
     transcribe.set_defaults(handler=_transcribe)
@@ -157,6 +168,12 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check the setup, one line per check")
     doctor.set_defaults(handler=_doctor)
+
+    bench = commands.add_parser("bench", help="measure the active model's backend and "
+                                              "hearthbot's own time per turn")
+    bench.set_defaults(handler=_bench)
+    bench.add_argument("--runs", type=int, default=3, help="requests and turns to time (3)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
 
     service = commands.add_parser("service", help="run hearthbot as a user service "
                                                   "(systemd on Linux, launchd on macOS)")
@@ -414,6 +431,13 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"{a['platform']} {'connected' if a['connected'] else 'not connected'}"
         for a in adapters) or "none"))
     lines.append(f"inbox        {status.get('inbox_depth')} waiting")
+    for down in status.get("down") or []:
+        count = down.get("requests") or 0
+        instead = (f"answered by {down['answered_by']} instead ({count} "
+                   f"request{'' if count == 1 else 's'})"
+                   if down.get("answered_by") else "no fallback has answered yet")
+        lines.append(f"fallback     {down['model']} is down since {down['since']}: {instead}; "
+                     f"last error: {down['error']}")
     for server in status.get("managed") or []:
         lines.append(f"managed      {server['provider']}: {server['state']}, pid "
                      f"{server['pid']}, {server['restarts']} restarts, "
@@ -484,6 +508,12 @@ async def _warm(config: Config, args: argparse.Namespace) -> int:
         await host.close()
     print(f"{host.label(None)} is loaded and warm ({seconds:.2f} s).")
     return EXIT_OK
+
+
+async def _bench(config: Config, args: argparse.Namespace) -> int:
+    from bot.bench import run_bench
+
+    return await run_bench(config, max(1, args.runs), args.json)
 
 
 async def _doctor(config: Config, args: argparse.Namespace) -> int:
@@ -723,6 +753,49 @@ async def _audit(config: Config, args: argparse.Namespace) -> int:
         print(f"{when}  {call.persona:<8} {call.platform}:{call.chat_id}  {call.tool} "
               f"{call.arguments}  -> {call.outcome} in {call.duration_ms} ms{reason}")
     return EXIT_OK
+
+
+async def _usage(config: Config, args: argparse.Namespace) -> int:
+    from bot.service import open_store
+    from bot.store.usage import Tokens, UsageLine, prices, usage
+
+    async with open_store(config) as store:
+        lines = await usage(store, prices(config), since=args.since, by=args.by)
+    total = UsageLine("total", sum((line.tokens for line in lines), Tokens()),
+                      None if any(line.cost is None for line in lines)
+                      else sum(line.cost or 0.0 for line in lines))
+    if args.json:
+        print(json.dumps({"since": args.since.isoformat() if args.since else None,
+                          "by": args.by, "lines": [_usage_json(line) for line in lines],
+                          "total": _usage_json(total)}, indent=2))
+        return EXIT_OK
+    if not lines:
+        print("no model usage recorded" + (" in that time" if args.since else ""))
+        return EXIT_OK
+    width = max(len(args.by), *(len(line.key) for line in lines))
+    header = (f"{args.by:<{width}}  {'turns':>6}  {'prompt':>10}  {'cached':>10}  "
+              f"{'completion':>10}  {'total':>10}  {'cost':>10}")
+    print(header)
+    print("-" * len(header))
+    for line in [*lines, total]:
+        if line is total:
+            print("-" * len(header))
+        tokens = line.tokens
+        cost = f"{line.cost:.4f}" if line.cost is not None else "unknown"
+        print(f"{line.key:<{width}}  {tokens.turns:>6}  {tokens.prompt:>10,}  "
+              f"{tokens.cached:>10,}  {tokens.completion:>10,}  {tokens.total:>10,}  "
+              f"{cost:>10}")
+    since = f"since {args.since:%Y-%m-%d %H:%M} UTC" if args.since else "all recorded time"
+    print(f"({since}; cost per the configured prices per million tokens, 0 for local models; "
+          "summaries count as turns of their chat)")
+    return EXIT_OK
+
+
+def _usage_json(line: UsageLine) -> dict[str, object]:
+    tokens = line.tokens
+    return {"key": line.key, "turns": tokens.turns, "prompt_tokens": tokens.prompt,
+            "cached_tokens": tokens.cached, "completion_tokens": tokens.completion,
+            "total_tokens": tokens.total, "cost": line.cost}
 
 
 async def _transcribe(config: Config, args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.errors import ModelDoesNotFit, ProviderError
 from bot.events import InboundEvent
@@ -23,6 +23,27 @@ ANYONE = frozenset({"admin", "guest"})
 OWNER = frozenset({"admin"})
 
 
+class ThoughtLines:
+    """The chats whose owner asked (/think on) to see how long the model thought.
+
+    Kept in memory: a restart turns the line off again everywhere, which costs the owner one
+    command; keeping it would need a column in the store, and the line is a convenience.
+    """
+
+    def __init__(self) -> None:
+        self._chats: set[tuple[str, str]] = set()
+
+    def shown(self, event: InboundEvent) -> bool:
+        return (event.platform, event.chat_id) in self._chats
+
+    def show(self, event: InboundEvent, on: bool) -> None:
+        key = (event.platform, event.chat_id)
+        if on:
+            self._chats.add(key)
+        else:
+            self._chats.discard(key)
+
+
 @dataclass(frozen=True)
 class CommandCall:
     """What a handler may use: the asking event, the persona the router chose, the store, and
@@ -35,6 +56,7 @@ class CommandCall:
     admin_persona: str | None
     models: ModelHost | None = None
     context: ChatContext | None = None
+    thought_lines: ThoughtLines = field(default_factory=ThoughtLines)
 
 
 Handler = Callable[[CommandCall], Awaitable[str]]
@@ -98,6 +120,19 @@ async def _model(call: CommandCall) -> str:
     return (await switch_model(host, call.argument))[1]
 
 
+async def _think(call: CommandCall) -> str:
+    word = call.argument.lower()
+    if word not in ("on", "off"):
+        state = "on" if call.thought_lines.shown(call.event) else "off"
+        return (f"The thinking-time line is {state} in this chat. /think on shows how long "
+                f"the model thought under each reply; /think off hides it. The thoughts "
+                f"themselves are never shown; they are kept in the turn's record.")
+    call.thought_lines.show(call.event, word == "on")
+    if word == "on":
+        return "From now on, a reply the model thought over ends with how long it thought."
+    return "Replies no longer say how long the model thought."
+
+
 async def switch_model(host: ModelHost, name: str) -> tuple[bool, str]:
     """Make `name` the active model; whether it worked, and the sentence that says so.
     Shared by /model and `hearthbot model use`."""
@@ -152,6 +187,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("pair", "pair this DM with the owner's code from `hearthbot pair`", _pair),
     Command("model", "list the models, or switch to another: /model NAME", _model,
             roles=OWNER),
+    Command("think", "show how long the model thought under each reply: /think on|off",
+            _think, roles=OWNER),
     Command("help", "list the commands", _help),
     Command("start", "say hello", _start, listed=False),
 )

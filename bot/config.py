@@ -29,6 +29,20 @@ def _secret() -> Any:
 
 
 @dataclass(frozen=True)
+class CostSpec:
+    """What a model's tokens cost, per million, in whatever currency the owner counts in.
+
+    Local models cost 0 (the default), so that accounting for them never trips a budget.
+    `cached` is the price of prompt tokens the backend served from its prompt cache; they
+    are part of the prompt tokens it reports, so they are priced at `cached`, not `input`.
+    """
+
+    input: float = 0.0
+    output: float = 0.0
+    cached: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     id: str
     name: str = ""
@@ -40,6 +54,10 @@ class ModelSpec:
     # "{path}" in the managed command stands for it).
     path: str | None = None
     engine: Literal["llama-cpp", "mlx"] | None = None
+    # A model that can think before it answers (chain of thought): only then is a persona's
+    # `params.think` sent to the backend.
+    reasoning: bool = False
+    cost: CostSpec = field(default_factory=CostSpec)
 
 
 @dataclass(frozen=True)
@@ -127,6 +145,9 @@ class ResidencySpec:
     memory_check: bool = True
     # A switch waits this long for replies under way on the previous model to finish.
     switch_wait_seconds: float = 300.0
+    # After a persona's model failed and a fallback answered, later turns ask the model again
+    # with one quick ping at most this often; in between they go straight to the fallback.
+    fallback_probe_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -188,7 +209,22 @@ class GenerationParams:
     temperature: float = 0.2
     top_p: float = 0.9
     repeat_penalty: float = 1.1
+    # Caps the reply below the model's own `max_tokens` (never above it).
     max_tokens: int | None = None
+    # Chain of thought for models marked `reasoning`: true asks the backend to think first,
+    # false to answer straight away, null leaves it to the model's default.
+    think: bool | None = None
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A persona's daily allowance; the day starts at 00:00 UTC. Once either is spent, new
+    turns are refused with one sentence saying when it resets; commands still work."""
+
+    # Prompt and completion tokens together, as the backends counted them.
+    daily_tokens: int | None = None
+    # In the currency of the models' `cost` prices.
+    daily_cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +237,10 @@ class AgentInstance:
     params: GenerationParams = field(default_factory=GenerationParams)
     # "inbound": answer a voice note with a voice note as well as text; "always": every reply.
     voice_replies: Literal["off", "inbound", "always"] = "inbound"
+    # "provider/model" labels (or aliases) that answer, in order, when the persona's model is
+    # down; the bundled embedded model makes a natural last one.
+    fallback: tuple[str, ...] = ()
+    budget: BudgetSpec | None = None
 
 
 def _default_instances() -> dict[str, AgentInstance]:
@@ -344,6 +384,21 @@ class ContextSpec:
     margin: float = 0.05
 
 
+@dataclass(frozen=True)
+class ImagesSpec:
+    """Photos and image files sent to the bot, for models whose capabilities list "image"."""
+
+    # Larger files are refused before they are downloaded (the platform says the size first).
+    # Telegram's Bot API serves files up to 20 MB; Discord attachments go up to 500 MB.
+    max_bytes: int = 10_000_000
+    # Longest side, in pixels, after downscaling: what a vision model is sent. Its tokens grow
+    # with the pixels, and most vision encoders see no more than about this anyway.
+    max_side: int = 1024
+    # Images of one message that reach the model (Discord allows ten attachments): each costs
+    # hundreds of prompt tokens and seconds of encoding; the person is told about the rest.
+    max_per_message: int = 4
+
+
 DEFAULT_HISTORY_DAYS = 90
 
 
@@ -364,6 +419,7 @@ class Config:
     voice: VoiceSpec = field(default_factory=VoiceSpec)
     store: StoreSpec = field(default_factory=StoreSpec)
     context: ContextSpec = field(default_factory=ContextSpec)
+    images: ImagesSpec = field(default_factory=ImagesSpec)
     data_dir: str | None = None
 
     def resolve_model(self, reference: str | None) -> tuple[str, ProviderSpec, ModelSpec]:
@@ -465,8 +521,10 @@ def _check_references(config: Config) -> Config:
     if config.gateway.approval_seconds <= 0:
         raise ConfigError("gateway.approval_seconds", "expected a number of seconds above 0")
     _check_context(config.context)
+    _check_images(config.images)
     for name, provider in config.gateway.providers.items():
         where = f"gateway.providers.{name}"
+        _check_capabilities(provider, where)
         if provider.type != "embedded" and not provider.base_url:
             raise ConfigError(f"{where}.base_url",
                               f"required for a provider of type {provider.type}")
@@ -495,6 +553,19 @@ def _check_references(config: Config) -> Config:
     for name, instance in config.agents.instances.items():
         if instance.model is not None:
             check(instance.model, f"agents.instances.{name}.model")
+        for index, fallback in enumerate(instance.fallback):
+            check(fallback, f"agents.instances.{name}.fallback[{index}]")
+        if instance.budget is not None:
+            _check_budget(instance.budget, f"agents.instances.{name}.budget")
+    for name, provider in config.gateway.providers.items():
+        for index, model in enumerate(provider.models):
+            for key in ("input", "output", "cached"):
+                if getattr(model.cost, key) < 0:
+                    raise ConfigError(f"gateway.providers.{name}.models[{index}].cost.{key}",
+                                      "expected a price per million tokens, 0 or more")
+    if residency.fallback_probe_seconds < 0:
+        raise ConfigError("gateway.residency.fallback_probe_seconds",
+                          "expected a number of seconds, 0 or more")
     for name, instance in config.agents.instances.items():
         _check_tool_policy(instance.tools, f"agents.instances.{name}.tools")
     guest = config.agents.instances.get("guest")
@@ -518,6 +589,16 @@ def _check_references(config: Config) -> Config:
                 'with one named person: set chat_kind "dm" and the peer\'s id (not "*")',
             )
     return config
+
+
+def _check_budget(budget: BudgetSpec, where: str) -> None:
+    if budget.daily_tokens is None and budget.daily_cost is None:
+        raise ConfigError(where, "give daily_tokens, daily_cost or both (or leave the budget "
+                                 "out for none)")
+    if budget.daily_tokens is not None and budget.daily_tokens < 1:
+        raise ConfigError(f"{where}.daily_tokens", "expected a number of tokens, 1 or more")
+    if budget.daily_cost is not None and budget.daily_cost <= 0:
+        raise ConfigError(f"{where}.daily_cost", "expected an amount above 0")
 
 
 def _check_managed(provider: ProviderSpec, where: str) -> None:
@@ -558,6 +639,33 @@ def _check_context(spec: ContextSpec) -> None:
         # Otherwise a fresh summary and the kept turns alone would ask for the next summary.
         raise ConfigError("context.keep_share",
                           "keep_share plus summary_share must stay below summarize_at")
+
+
+# What a model entry may declare: "image" lets photos reach it, "tools" lets tools be offered.
+CAPABILITIES = ("text", "image", "tools")
+
+
+def _check_capabilities(provider: ProviderSpec, where: str) -> None:
+    for m, model in enumerate(provider.models):
+        for c, capability in enumerate(model.capabilities):
+            if capability not in CAPABILITIES:
+                raise ConfigError(f"{where}.models[{m}].capabilities[{c}]",
+                                  f"unknown capability {capability!r} (expected one of: "
+                                  f"{', '.join(CAPABILITIES)})")
+            if capability == "image" and provider.type == "embedded":
+                # Said up front: photos would otherwise be dropped without a word.
+                raise ConfigError(f"{where}.models[{m}].capabilities[{c}]",
+                                  "the embedded engine reads text only; serve a vision model "
+                                  "through an ollama or openai-compat provider")
+
+
+def _check_images(spec: ImagesSpec) -> None:
+    if spec.max_bytes < 1:
+        raise ConfigError("images.max_bytes", "expected a number of bytes above 0")
+    if not 64 <= spec.max_side <= 8192:
+        raise ConfigError("images.max_side", "expected a number of pixels from 64 to 8192")
+    if spec.max_per_message < 1:
+        raise ConfigError("images.max_per_message", "expected a number of images, 1 or more")
 
 
 def _check_tool_policy(policy: ToolPolicy, where: str) -> None:

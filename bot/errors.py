@@ -133,6 +133,26 @@ class AudioQueueClosed(VoiceError):
     """Audio work was submitted after the queue was closed (the service is stopping)."""
 
 
+# --- images ---------------------------------------------------------------------------------
+
+class ImageError(HearthbotError):
+    """An inbound image that cannot go to the model; the caption is still answered."""
+
+    user_message = "I couldn't open that image."
+
+
+class ImageTooLarge(ImageError):
+    """The file is larger than images.max_bytes; refused before it is downloaded."""
+
+    user_message = "That image is too large for me to look at."
+
+
+class ImageUnreadable(ImageError):
+    """The bytes are not an image Pillow can decode (corrupt, truncated or another format)."""
+
+    user_message = "I couldn't open that image; the file may be damaged or not an image."
+
+
 # --- tools ----------------------------------------------------------------------------------
 
 class ToolError(HearthbotError):

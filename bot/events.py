@@ -37,7 +37,7 @@ def clean_text(value: object) -> str:
 
 
 async def _not_fetchable() -> bytes:
-    raise LookupError("this voice note's bytes were not kept; the adapter must fetch it again")
+    raise LookupError("this attachment's bytes were not kept; the adapter must fetch it again")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,22 @@ class VoiceAttachment:
 
     mime_type: str
     duration: float
+    ref: str
+    fetch: Callable[[], Awaitable[bytes]] = field(default=_not_fetchable, repr=False,
+                                                  compare=False)
+
+
+@dataclass(frozen=True)
+class ImageAttachment:
+    """A photo or image file; its bytes are fetched only when a model that sees images answers.
+
+    `size` is the file's size in bytes as the platform reports it before any download (None when
+    it does not say), so that an image over the cap is refused without fetching it. `ref`, like
+    a voice note's, lets the adapter fetch it again after a restart.
+    """
+
+    mime_type: str
+    size: int | None
     ref: str
     fetch: Callable[[], Awaitable[bytes]] = field(default=_not_fetchable, repr=False,
                                                   compare=False)
@@ -69,6 +85,8 @@ class InboundEvent:
     mentioned: bool = False
     reply_to_bot: bool = False
     voice: VoiceAttachment | None = None
+    # Photos and image files, in the order the platform lists them; the text is their caption.
+    images: tuple[ImageAttachment, ...] = ()
     # Speech-to-text output can be misheard or hallucinated: prompts mark it as such.
     transcribed: bool = False
     # What the bot is called in this chat (user name, display name): a voice note saying one
@@ -91,6 +109,7 @@ class InboundEvent:
         object.__setattr__(self, "text", clean_text(self.text))
         object.__setattr__(self, "sender_name", clean_text(self.sender_name))
         object.__setattr__(self, "bot_names", tuple(clean_text(n) for n in self.bot_names))
+        object.__setattr__(self, "images", tuple(self.images))
 
     @property
     def addressed(self) -> bool:

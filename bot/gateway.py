@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from bot import commands
 from bot.agent import AgentLoop
 from bot.approvals import Approvals
-from bot.config import ContextSpec
+from bot.config import ContextSpec, CostSpec, ImagesSpec
 from bot.errors import DeliveryError, HearthbotError, VoiceError
 from bot.events import InboundEvent, MessageStatus, Reply, ReplyPart, ReplyText
 from bot.model_host import ModelHost
@@ -30,6 +30,7 @@ from bot.router import Resolution, resolve
 from bot.store import Store, inbox
 from bot.store.bindings import BindingCache
 from bot.store.history import start_new_session
+from bot.store.usage import resets_in, spent_today
 from bot.summaries import ChatContext, ContextKeeper
 from bot.tools import ToolContext, ToolGate
 from bot.turn import Deliver, DeliverVoice, Turn, TurnResult
@@ -40,18 +41,22 @@ if TYPE_CHECKING:  # speech pulls in audio libraries; a text-only process never 
 
 log = logging.getLogger(__name__)
 
-UNSUPPORTED = "I can read text and voice messages, but not that kind of message yet."
+UNSUPPORTED = "I can read text, voice messages and images, but not that kind of message yet."
 NOT_HEARD = "I couldn't make out that voice note."
 VOICE_OFF = "I can't listen to voice notes here; please send text."
 TOO_LONG = "That voice note is too long for me; please keep it under {:.0f} minutes."
 GREETING = "Yes? Ask me anything."
+OVER_BUDGET = ("I've used up today's allowance here, so I can't answer until it resets at "
+               "{resets}.")
 
 
 class Gateway:
     def __init__(self, store: Store, models: ModelHost, personas: Mapping[str, Persona],
                  speech: Speech | None = None, tools: ToolGate | None = None,
                  data_dir: Path | None = None, approvals: Approvals | None = None,
-                 context: ContextSpec | None = None) -> None:
+                 context: ContextSpec | None = None,
+                 images: ImagesSpec | None = None,
+                 prices: Mapping[str, CostSpec] | None = None) -> None:
         self.store = store
         self.models = models
         self.personas = personas
@@ -59,15 +64,20 @@ class Gateway:
         # Without a gate (or a place for the tools' data) no persona gets any tool.
         self.tools = tools if data_dir is not None else None
         self.data_dir = data_dir
+        # Adapters read the size cap to pick what to download; turns, how to shrink it.
+        self.images = images or ImagesSpec()
         self._roles = {name: p.role for name, p in personas.items()}
         self._bindings = BindingCache(store)
         # Where adapters register how they ask the owner to approve a tool call (the gate
         # was handed `approvals.approve` when the service was wired).
         self.approvals = approvals if approvals is not None else Approvals(store, self._roles)
         self._admin_persona = next((n for n, p in personas.items() if p.role == "admin"), None)
+        self.thought_lines = commands.ThoughtLines()  # /think, per chat
         self._records: set[asyncio.Future[None]] = set()
         # Token meters and running summaries; its background work stops with `settle`.
         self.context = ContextKeeper(store, context or ContextSpec(), self._shielded)
+        # Each model's price per million tokens, for the personas' daily cost budgets.
+        self.prices: Mapping[str, CostSpec] = prices or {}
         self._unaddressed_voice = _HourlyBudget(speech.spec.unaddressed_per_hour if speech
                                                 else 0)
 
@@ -173,20 +183,44 @@ class Gateway:
             name, argument = command
             text = await commands.run(name, commands.CommandCall(
                 event, argument, persona, self.store, self._admin_persona, self.models,
-                self._chat_context(event, persona)))
+                self._chat_context(event, persona), self.thought_lines))
             return await self._finish(inbox_id, event, reply, text, MessageStatus.ANSWERED)
-        if not (event.text.strip() or event.voice):  # a bare mention, a sticker, a photo
+        if not (event.text.strip() or event.voice or event.images):  # a mention, a sticker
             text = GREETING if event.mentioned else UNSUPPORTED
             return await self._finish(inbox_id, event, reply, text, MessageStatus.ANSWERED)
+        if (refusal := await self._over_budget(persona)) is not None:
+            # Refused before any model is asked; closed as failed, so it is never retried.
+            return await self._finish(inbox_id, event, reply, refusal, MessageStatus.FAILED)
         speaker = (self.speech.speaker() if self.speech and deliver_voice
                    and _speaks(persona, event) else None)
         # The tools' context comes from the router's decision (persona) and the event's own
         # platform and chat: nothing the model or the message says can change it.
         context = (ToolContext(persona, event.platform, event.chat_id, self.data_dir)
                    if self.data_dir is not None else None)
-        agent = AgentLoop(self.models.target(persona.model), persona, self.tools, context)
-        turn = Turn(self.store, agent, inbox_id, event, speaker, self._shielded, self.context)
+        agent = AgentLoop(self.models.target(persona.model, persona.fallback), persona,
+                          self.tools, context)
+        turn = Turn(self.store, agent, inbox_id, event, speaker, self._shielded, self.context,
+                    self.images, show_thinking=self.thought_lines.shown(event))
         return await turn.run(reply.deliver, deliver_voice)
+
+    async def _over_budget(self, persona: Persona) -> str | None:
+        """The sentence that refuses a turn once the persona's daily budget is spent, or None.
+
+        The day is UTC's: one reset time for everyone, whatever the machine's time zone."""
+        budget = persona.budget
+        if budget is None:
+            return None
+        spent = await spent_today(self.store, self.prices, persona.name)
+        over_tokens = budget.daily_tokens is not None and spent.tokens.total >= budget.daily_tokens
+        # A cost that cannot be known (a model without a price any more) does not refuse.
+        over_cost = (budget.daily_cost is not None and spent.cost is not None
+                     and spent.cost >= budget.daily_cost)
+        if not (over_tokens or over_cost):
+            return None
+        log.info("persona %s is over its daily budget (%d tokens, cost %s); turn refused",
+                 persona.name, spent.tokens.total,
+                 f"{spent.cost:.4f}" if spent.cost is not None else "unknown")
+        return OVER_BUDGET.format(resets=resets_in())
 
     def _chat_context(self, event: InboundEvent, persona: Persona) -> ChatContext:
         tools = tuple(self.tools.specs(persona)) if self.tools is not None else ()

@@ -13,6 +13,7 @@ need is compared with what is available, and a model that would not fit is refus
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.config import Config, GenerationParams, ModelSpec, ProviderSpec, is_local_url
-from bot.errors import ModelNotFound, ProviderError, ProviderUnavailable
+from bot.errors import ModelNotFound, ProviderError, ProviderTimeout, ProviderUnavailable
 from bot.managed import ManagedServer, ManagedStatus, default_health_url
 from bot.memory_fit import (
     MemoryNeed,
@@ -93,6 +94,20 @@ class Residency:
     memory_needed_gb: float | None = None
     memory_available_gb: float | None = None
     managed: list[ManagedStatus] = field(default_factory=list)
+    # Models that failed with a fallback standing in for them.
+    down: list[DownModel] = field(default_factory=list)
+
+
+@dataclass
+class DownModel:
+    """A persona's model that stopped answering; a fallback answers its turns meanwhile."""
+
+    label: str
+    since: datetime
+    error: str
+    answered_by: str | None = None  # the fallback that answered its last turn
+    requests: int = 0  # answered by a fallback since it went down (replies, tool steps)
+    probed: float = 0.0  # time.monotonic() of the last attempt to reach it
 
 
 class ModelTarget:
@@ -104,10 +119,14 @@ class ModelTarget:
     """
 
     def __init__(self, host: ModelHost, reference: str | None, label: str,
-                 model: ModelSpec) -> None:
+                 model: ModelSpec, fallbacks: tuple[str, ...] = ()) -> None:
         self.reference = reference
         self.label = label
         self.model = model
+        # Labels that answer, in order, when the model of `reference` is down.
+        self.fallbacks = fallbacks
+        # The model this target was meant for, once a fallback answered instead.
+        self.fallback_from: str | None = None
         self.provider: ChatProvider = _ResidentStream(host, self)
 
 
@@ -129,7 +148,43 @@ class _ResidentStream:
     async def stream(self, model: ModelSpec, messages: Sequence[ChatMessage],
                      params: GenerationParams, tools: Sequence[ToolSpec] = ()
                      ) -> AsyncIterator[Delta]:
-        label = await self._host._enter(self._target)
+        """The reply from the persona's model or, when that one is down (unreachable, or
+        silent past its timeout, after the managed server's own restart), from the first of
+        its fallbacks that answers. Nothing is retried once any of the reply has been passed
+        on: a half-said reply cannot be taken back."""
+        host, target = self._host, self._target
+        primary = host.label(target.reference)
+        candidates = [primary, *(f for f in target.fallbacks if f != primary)]
+        for index, label in enumerate(candidates):
+            last = index == len(candidates) - 1
+            if not last and not await host._worth_trying(label, primary):
+                continue
+            said = False
+            # The persona's own model follows the active one when it names none.
+            want = (functools.partial(host.label, target.reference) if label == primary
+                    else _fixed(label))
+            named = target.reference is not None or label != primary
+            try:
+                async for delta in self._stream_on(want, named, messages, params, tools):
+                    said = True
+                    yield delta
+            except (ProviderUnavailable, ProviderTimeout) as exc:
+                if len(candidates) > 1:
+                    host._failed(label, exc)
+                if said or last:
+                    raise
+                continue
+            if label != primary:
+                host._stood_in(primary, target.label)
+            else:
+                host._recovered(primary)
+            target.fallback_from = primary if label != primary else None
+            return
+
+    async def _stream_on(self, want: Callable[[], str], named: bool,
+                         messages: Sequence[ChatMessage], params: GenerationParams,
+                         tools: Sequence[ToolSpec]) -> AsyncIterator[Delta]:
+        label = await self._host._enter(want, named)
         try:
             await self._host._managed_ready(label)
             provider, spec = self._host.backend(label)
@@ -194,6 +249,7 @@ class ModelHost:
         self._switch_lock = asyncio.Lock()
         self._switching = False
         self._busy = 0  # streams under way on the resident model
+        self._down: dict[str, DownModel] = {}
 
     # --- names ----------------------------------------------------------------------------
 
@@ -207,10 +263,16 @@ class ModelHost:
             raise UnknownModel(reference, [line.alias or line.label
                                            for line in self.registry()]) from None
 
-    def target(self, reference: str | None) -> ModelTarget:
-        """The model for a persona's reference (None: the active model)."""
+    def target(self, reference: str | None, fallback: Sequence[str] = ()) -> ModelTarget:
+        """The model for a persona's reference (None: the active model), with the persona's
+        fallbacks. While that model is down, the target starts out as the fallback that
+        answered last, so the prompt is fitted to the model most likely to answer it."""
         label = self.label(reference)
-        return ModelTarget(self, reference, label, self._resolve(label)[2])
+        fallbacks = tuple(self.label(f) for f in fallback)
+        down = self._down.get(label)
+        shown = down.answered_by if down is not None and down.answered_by in fallbacks else None
+        return ModelTarget(self, reference, shown or label, self._resolve(shown or label)[2],
+                           fallbacks)
 
     def registry(self) -> list[RegistryLine]:
         """The models the owner can switch between: the registry, or every configured model
@@ -416,16 +478,16 @@ class ModelHost:
 
     # --- turns ----------------------------------------------------------------------------
 
-    async def _enter(self, target: ModelTarget) -> str:
-        """Wait for a place on the model this turn needs; the label of the model it runs on.
+    async def _enter(self, want: Callable[[], str], named: bool) -> str:
+        """Wait for a place on the model `want()` names; the label of the model it runs on.
 
         While a switch is under way the turn waits; when the model it needs is not the
-        resident one (its persona names another, or nothing is loaded), it switches to it."""
-        reference = target.reference
+        resident one (its persona names another, a fallback stands in, or nothing is
+        loaded), it switches to it."""
         while True:
             async with self._cond:
                 await self._cond.wait_for(lambda: not self._switching)
-                label = self.label(reference)
+                label = want()
                 if label == self.state.resident and self.state.state == "resident":
                     self._busy += 1
                     return label
@@ -433,15 +495,72 @@ class ModelHost:
                 log.info("a turn needs %s, which is not loaded; loading it", label)
             else:
                 log.info("a turn needs %s%s while %s is loaded; it waits for the switch", label,
-                         " (named by its persona)" if reference is not None else "",
-                         self.state.resident)
-            await self._switch_to(lambda: self.label(reference), why="a turn needed it",
-                                  enter=True)
+                         " (named by its persona)" if named else "", self.state.resident)
+            await self._switch_to(want, why="a turn needed it", enter=True)
             async with self._cond:
-                if self.state.resident == self.label(reference):
+                if self.state.resident == want():
                     return self.state.resident
                 self._busy -= 1  # another switch came first; wait for the model again
                 self._cond.notify_all()
+
+    # --- fallback -------------------------------------------------------------------------
+
+    async def _worth_trying(self, label: str, primary: str) -> bool:
+        """Whether a turn should ask `label` now. A model that failed is asked again only
+        once `residency.fallback_probe_seconds` have passed since it was last tried, and then
+        only if it answers a ping (quick: a refused connection fails at once); a fallback
+        must answer a ping before a turn waits for it to load."""
+        down = self._down.get(label)
+        if down is None and label == primary:
+            return True
+        if down is not None:
+            if time.monotonic() - down.probed < self._spec.fallback_probe_seconds:
+                return False
+            down.probed = time.monotonic()
+        _, spec, _ = self._resolve(label)
+        if spec.managed is not None:
+            return True  # a stopped managed server answers nothing; loading it starts it
+        provider, _ = self.backend(label)
+        try:
+            await provider.ping()
+        except ProviderError as exc:
+            log.info("%s does not answer yet: %s", label, exc)
+            if down is not None:
+                down.error = str(exc)
+            return False
+        return True
+
+    def _failed(self, label: str, exc: ProviderError) -> None:
+        down = self._down.get(label)
+        if down is None:
+            self._down[label] = DownModel(label, datetime.now(UTC), str(exc),
+                                          probed=time.monotonic())
+            log.warning("model %s is down: %s", label, exc)
+        else:
+            down.error, down.probed = str(exc), time.monotonic()
+
+    def _recovered(self, label: str) -> None:
+        """`label` answered a request: if it was down, say once that it is back."""
+        down = self._down.pop(label, None)
+        if down is not None:
+            log.warning("model %s answers again (down since %s; %d requests answered by %s "
+                        "meanwhile)", label, f"{down.since:%H:%M:%S} UTC", down.requests,
+                        down.answered_by or "no fallback")
+
+    def _stood_in(self, primary: str, label: str) -> None:
+        """A request meant for `primary` was answered by the fallback `label`: logged as a
+        warning once per outage and fallback, then as information."""
+        self._down.pop(label, None)  # the fallback itself is up
+        down = self._down.get(primary)
+        if down is None:  # cleared meanwhile by a request that found it up again
+            down = self._down[primary] = DownModel(primary, datetime.now(UTC), "unknown",
+                                                   probed=time.monotonic())
+        if down.answered_by != label:
+            log.warning("model %s is down; answered by %s instead", primary, label)
+        else:
+            log.info("model %s is still down; answered by %s instead", primary, label)
+        down.answered_by = label
+        down.requests += 1
 
     async def _managed_ready(self, label: str) -> None:
         provider_name, spec, _ = self._resolve(label)
@@ -474,9 +593,15 @@ class ModelHost:
         if self._switching or self._switch_lock.locked():
             return
         label = self.state.active
+        was_down = label in self._down
+        if was_down and not await self._worth_trying(label, label):
+            return  # a fallback stands in for it; it is asked again now and then
         if self.state.resident != label:
             log.info("%s is not loaded; loading it", label)
             await self._switch_to(lambda: self.state.active, why="keep warm")
+            if was_down and self.state.resident == label and (
+                    self._down.pop(label, None) is not None):
+                log.warning("model %s answers again and is loaded; turns go to it", label)
             return
         provider, model = self.backend(label)
         loaded = await provider.loaded_models()
@@ -528,6 +653,7 @@ class ModelHost:
 
     def status(self) -> Residency:
         self.state.managed = [server.status() for server in self._servers.values()]
+        self.state.down = list(self._down.values())
         return self.state
 
     async def close(self) -> None:
@@ -556,6 +682,10 @@ def weights_file(spec: ProviderSpec, model: ModelSpec) -> Path | None:
             if candidate.suffix in (".gguf", ".safetensors") and candidate.is_file():
                 return candidate
     return None
+
+
+def _fixed(label: str) -> Callable[[], str]:
+    return lambda: label
 
 
 def _same(reported: str, configured: str) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from bot.errors import ContextOverflow
 from bot.model_host import ModelTarget
 from bot.providers import ChatMessage, TokenCounting, ToolSpec
-from bot.providers.base import offered_tools
+from bot.providers.base import ImagePart, offered_tools
 from bot.store.history import StoredMessage
 
 # Without the model's tokenizer, an estimate that real tokenizers rarely exceed: a run of ASCII
@@ -31,6 +31,9 @@ LETTERS_PER_TOKEN = 4
 _PIECES = re.compile(r"[A-Za-z]+|\n+|[^\sA-Za-z]")
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers and separators in chat templates
 REPLY_OVERHEAD_TOKENS = 4  # the assistant header the template ends the prompt with
+# What one downscaled image costs a vision model: from about 256 (Gemma 3) through 576 (LLaVA)
+# to about 1,300 (Qwen2.5-VL at 1024 px). Counted high, so an image never overflows the window.
+IMAGE_TOKENS = 1024
 TRANSCRIPT_NOTE = "[voice note, transcribed automatically; words may be misheard]"
 CUT_NOTE = "\n[message shortened: it was too long for the model to read whole]"
 SUMMARY_HEADING = "Summary of the earlier conversation (those turns are not shown):"
@@ -54,6 +57,7 @@ def estimate_prompt(messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] =
     total = REPLY_OVERHEAD_TOKENS
     for message in messages:
         total += MESSAGE_OVERHEAD_TOKENS + estimate_tokens(message.content)
+        total += IMAGE_TOKENS * len(message.images)
         for call in message.tool_calls:
             total += estimate_tokens(call.name + json.dumps(call.arguments))
     return total + schema_tokens(tools)
@@ -174,19 +178,31 @@ class Window:
         return await self.count([system]) - await self.count([system], ())
 
     async def fit(self, system_prompt: str, summary: str, history: Sequence[StoredMessage],
-                  text: str, transcribed: bool) -> Prompt:
+                  text: str, transcribed: bool, images: tuple[ImagePart, ...] = ()) -> Prompt:
         """The prompt for one turn: the system note (persona prompt and summary), as many of
-        the newest history messages as fit, and the new message (cut if it cannot fit)."""
+        the newest history messages as fit, and the new message (cut if it cannot fit) with
+        the images sent with it, which are measured with it."""
         system = system_message(system_prompt, summary)
+
+        def own(content: str) -> ChatMessage:
+            return ChatMessage("user", content, images=images)
+
         content = user_content(text, transcribed)
         cut: tuple[int, int] | None = None
         summary_dropped = False
-        if not await self.fits([system, ChatMessage("user", content)]):
-            if summary and not await self.fits([system, ChatMessage("user", CUT_NOTE)]):
+        if not await self.fits([system, own(content)]):
+            if summary and not await self.fits([system, own(CUT_NOTE)]):
                 # Only when nothing of the message would fit beside it: better the message
                 # than an old summary.
                 system, summary_dropped = system_message(system_prompt, ""), True
-            if not await self.fits([system, ChatMessage("user", CUT_NOTE)]):
+            if images and not await self.fits([system, own(CUT_NOTE)]):
+                raise ContextOverflow(
+                    f"{self.target.label}: {len(images)} image(s) do not fit the "
+                    f"{self.size}-token window beside the system prompt",
+                    user_message="That image does not fit in the model's context window; the "
+                                 "owner can lower images.max_side or pick a model with a "
+                                 "larger window.")
+            if not await self.fits([system, own(CUT_NOTE)]):
                 raise ContextOverflow(
                     f"{self.target.label}: the system prompt and tool schemas alone fill the "
                     f"{self.size}-token window",
@@ -194,10 +210,10 @@ class Window:
                                  "owner needs to shorten the system prompt or pick a model "
                                  "with a larger window.")
             keep = await largest(0, len(content), lambda n: self.fits(
-                [system, ChatMessage("user", content[:n] + CUT_NOTE)]))
+                [system, own(content[:n] + CUT_NOTE)]))
             cut = (keep, len(content))
             content = content[:keep] + CUT_NOTE
-        new = ChatMessage("user", content)
+        new = own(content)
         earlier = as_chat(history)
 
         def prompt(kept: int) -> list[ChatMessage]:

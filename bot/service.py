@@ -29,6 +29,7 @@ from bot.store import Store
 from bot.store.bindings import seed_bindings
 from bot.store.retention import prune_history
 from bot.store.tables import InboxRow
+from bot.store.usage import prices
 from bot.tools import ToolGate, build_tools
 from persona import build_personas
 
@@ -79,7 +80,7 @@ async def open_service(config: Config, *, voice: bool = True) -> AsyncIterator[S
                          secrets=config.secrets(),
                          approval_seconds=approvals.seconds + ASKER_GRACE_SECONDS)
         gateway = Gateway(store, models, personas, speech, tools, config.data_path(),
-                          approvals, config.context)
+                          approvals, config.context, config.images, prices(config))
         try:
             yield Service(config, store, models, gateway)
         finally:
@@ -235,4 +236,6 @@ async def status_report(service: Service, adapters: Sequence[Adapter],
         "adapters": [{"platform": a.platform, "connected": a.ready.is_set()} for a in adapters],
         "inbox_depth": depth,
         "managed": [dataclasses.asdict(m) for m in residency.managed],
+        "down": [{"model": d.label, "since": d.since.isoformat(), "error": d.error,
+                  "answered_by": d.answered_by, "requests": d.requests} for d in residency.down],
     }

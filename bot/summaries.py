@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
@@ -37,6 +38,7 @@ from bot.prompt_window import (
     system_message,
 )
 from bot.providers import ChatMessage, Delta, StreamEnd, TextDelta, ToolSpec
+from bot.providers.base import output_cap
 from bot.store import Store
 from bot.store.history import (
     Conversation,
@@ -46,6 +48,7 @@ from bot.store.history import (
     open_conversation,
     save_summary,
 )
+from bot.store.usage import record_summary
 from persona import Persona
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,8 @@ SUMMARY_PROMPT = (
     "preference, decision and open request. Write plain sentences, at most {words} words, "
     "and nothing but the summary."
 )
-SUMMARY_PARAMS = GenerationParams(temperature=0.2)
+# No chain of thought: thoughts would spend the summary's small token budget and are dropped.
+SUMMARY_PARAMS = GenerationParams(temperature=0.2, think=False)
 # After a failed summary the next attempt waits 0, 1, 3, 7, then 15 turns: a model that is
 # down is asked again now and then, never in a loop.
 MAX_WAIT_TURNS = 15
@@ -95,7 +99,7 @@ class Folded:
 
 
 def output_budget(persona: Persona, target: ModelTarget) -> int:
-    return persona.params.max_tokens or target.model.max_tokens
+    return output_cap(target.model, persona.params)
 
 
 class _Lane:
@@ -292,7 +296,8 @@ class ContextKeeper:
                                               FOLD_BATCH):
             messages, used = await _request(writing, summary, batch, limit)
             requests += 1
-            text = await _generate(writing, messages, limit)
+            text = await _generate(writing, messages, limit,
+                                   functools.partial(self._spent, job))
             covered = batch[used - 1].id
             if not await self._save(job.session_id, text, covered, through):
                 log.info("session %s: its summary moved on meanwhile; this one is dropped",
@@ -302,6 +307,14 @@ class ContextKeeper:
             log.info("session %s: the summary now covers %d more messages (through message "
                      "%s, %d characters)", job.session_id, used, covered, len(text))
         return Folded(folded, summary, requests)
+
+    async def _spent(self, job: Job, end: StreamEnd) -> None:
+        """A summarizing request's tokens count as the conversation's usage (its persona's
+        budget pays for them), on a record of their own."""
+        target = job.target
+        await self.shield(record_summary(self.store, job.session_id, target.label,
+                                         end.prompt_tokens, end.completion_tokens,
+                                         end.cached_tokens, target.fallback_from))
 
     async def _save(self, session_id: int, summary: str, through: int, expected: int) -> bool:
         written: list[bool] = []
@@ -345,13 +358,15 @@ async def _request(window: Window, summary: str, batch: Sequence[StoredMessage],
     return _summary_request(summary, batch[:1], limit, cut=keep), 1
 
 
-async def _generate(window: Window, messages: list[ChatMessage], limit: int) -> str:
+async def _generate(window: Window, messages: list[ChatMessage], limit: int,
+                    spent: Callable[[StreamEnd], Awaitable[None]]) -> str:
     target = window.target
     pieces: list[str] = []
     finish, reported = "stop", None
     params = GenerationParams(temperature=SUMMARY_PARAMS.temperature,
                               top_p=SUMMARY_PARAMS.top_p,
-                              repeat_penalty=SUMMARY_PARAMS.repeat_penalty, max_tokens=limit)
+                              repeat_penalty=SUMMARY_PARAMS.repeat_penalty, max_tokens=limit,
+                              think=SUMMARY_PARAMS.think)
     deltas = cast(AsyncGenerator[Delta, None],
                   target.provider.stream(target.model, messages, params))
     async with aclosing(deltas) as stream:
@@ -360,6 +375,8 @@ async def _generate(window: Window, messages: list[ChatMessage], limit: int) -> 
                 pieces.append(delta.text)
             elif isinstance(delta, StreamEnd):
                 finish, reported = delta.finish_reason, delta.prompt_tokens
+                # Spent whether or not the summary turns out usable.
+                await spent(delta)
     window.learn(estimate_prompt(messages), reported)
     text = "".join(pieces).strip()
     if not text:
@@ -383,7 +400,7 @@ class ChatContext:
 
     @property
     def target(self) -> ModelTarget:
-        return self.models.target(self.persona.model)
+        return self.models.target(self.persona.model, self.persona.fallback)
 
     async def _conversation(self) -> Conversation:
         return await open_conversation(self.keeper.store, self.platform, self.chat_id,

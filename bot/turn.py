@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bot import prompt_window
-from bot.agent import AgentLoop, ToolStatus
-from bot.errors import DeliveryError, ProviderError
+from bot.agent import AgentLoop, CutShort, ToolStatus
+from bot.config import ImagesSpec
+from bot.errors import DeliveryError, ImageError, ProviderError
 from bot.events import (
     InboundEvent,
     MessageStatus,
@@ -31,7 +32,9 @@ from bot.events import (
     ReplyStatus,
     ReplyText,
 )
-from bot.providers import ChatMessage
+from bot.images import fetch_and_prepare
+from bot.providers import ChatMessage, ThinkingDelta
+from bot.providers.base import ImagePart, sees_images
 from bot.store import Store
 from bot.store.history import Conversation, TurnRecord, open_conversation, save_turn
 from bot.summaries import ContextKeeper, Job, output_budget
@@ -52,9 +55,21 @@ Shield = Callable[[Awaitable[None]], Awaitable[None]]
 DeliverVoice = Callable[[InboundEvent, Awaitable["SpokenClip | None"]], Awaitable[None]]
 
 EMPTY_REPLY = "The model had nothing to say to that. Please try rephrasing."
+# A model that thought and never answered: its thoughts are not the answer, so they are not
+# shown; this sentence is.
+THOUGHT_ONLY_REPLY = "I thought it over but reached no answer. Please try asking again."
+THOUGHT_CUT_REPLY = ("I ran out of room while still thinking, before I could answer. Please "
+                     "ask again, perhaps a narrower question.")
+# Ends an answer cut at the token cap, so it never just stops mid-word. The voice says the
+# short form: the reply does not trail off into silence either.
+CUT_MARKER = " …\n\n(cut off at the length limit)"
+SPOKEN_CUT_MARKER = " … Cut off at the length limit."
 CUT_REPLY_NOTE = ("(Your message was too long for me to read whole: I read the first "
                   "{read:,} of its {total:,} characters.)\n\n")
 DELIVERY_FAILED = "delivery failed"
+CANNOT_SEE = "This model can't see images."
+IMAGE_MARKER = "[image]"
+FIRST_IMAGES_ONLY = "I looked at the first {count} images only."
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,8 @@ class TurnResult:
 class Turn:
     def __init__(self, store: Store, agent: AgentLoop, inbox_id: int,
                  event: InboundEvent, speaker: Speaker | None, shield: Shield,
-                 context: ContextKeeper) -> None:
+                 context: ContextKeeper, images: ImagesSpec | None = None, *,
+                 show_thinking: bool = False) -> None:
         self.store = store
         self.agent = agent
         self.context = context
@@ -99,6 +115,15 @@ class Turn:
         self.failure: str | None = None
         self.prompt: prompt_window.Prompt | None = None
         self._learned = False
+        # The chain of thought, for the record only, and the seconds spent on it; the owner
+        # may ask (/think on) for a "thought for N s" line under the answer.
+        self.show_thinking = show_thinking
+        self.thoughts: list[str] = []
+        self.thinking_seconds = 0.0
+        self._thinking_since: float | None = None
+        self.cut_short = False
+        self.images_spec = images or ImagesSpec()
+        self.images: tuple[ImagePart, ...] = ()
 
     async def run(self, send: SendReply, deliver_voice: DeliverVoice | None) -> TurnResult:
         conversation = await open_conversation(self.store, self.event.platform,
@@ -144,8 +169,10 @@ class Turn:
     def _learn(self, window: prompt_window.Window) -> None:
         """Once per turn: what the backend counted for the first request corrects the guard's
         estimate for this model."""
+        # A request with images is not learned from: the backend's count includes the images'
+        # tokens, which the estimate of text does not, and would skew it for later turns.
         if (self.prompt is not None and self.agent.run.first_prompt_tokens is not None
-                and not self._learned):
+                and not self._learned and not self.images):
             window.learn(self.prompt.estimate, self.agent.run.first_prompt_tokens)
             self._learned = True
 
@@ -166,9 +193,19 @@ class Turn:
     async def _reply(self, window: prompt_window.Window,
                      conversation: Conversation) -> AsyncGenerator[ReplyPart, None]:
         try:
+            if self.event.images:
+                problem = await self._look_at_images()
+                if problem is not None and not (self.images or self.event.text.strip()):
+                    # Nothing left to answer but the sentence itself: the model is not asked.
+                    self.pieces.append(problem)
+                    yield ReplyText(problem)
+                    return
+                if problem is not None:
+                    yield ReplyText(f"{problem}\n\n")
+            # The images ride on this turn's own message alone, measured with it.
             self.prompt = prompt = await window.fit(
                 self.persona.system_prompt, conversation.summary, conversation.messages,
-                self.event.text, self.event.transcribed)
+                self.event.text, self.event.transcribed, self.images)
             if prompt.left_out:
                 log.warning("%s chat %s: %d earlier messages are not summarized and do not "
                             "fit the window; they are left out of this request",
@@ -182,13 +219,21 @@ class Turn:
                          self.event.platform, self.event.message_id, read, total)
                 yield ReplyText(CUT_REPLY_NOTE.format(read=read, total=total))
             async for delta in self.agent.reply(prompt.messages):
+                if isinstance(delta, ThinkingDelta):
+                    self._heard_thinking(delta.text)
+                    continue  # the adapter keeps its typing indicator on meanwhile
+                self._thinking_stopped()
                 if isinstance(delta, ToolStatus):
                     yield ReplyStatus(delta.text)
+                    continue
+                if isinstance(delta, CutShort):
+                    self.cut_short = True
                     continue
                 self._heard_text(delta.text)
                 if self.speaker is not None:
                     await self._feed_speaker(delta.text)
                 yield ReplyText(delta.text)
+            self._thinking_stopped()
         except ProviderError as exc:
             self.failure = str(exc)
             log.warning("turn for %s message %s failed: %s", self.event.platform,
@@ -203,8 +248,59 @@ class Turn:
             yield ReplyFailed(ProviderError.user_message)
             return
         if not "".join(self.pieces).strip():
+            if self.thoughts:
+                self.failure = "the model only thought and gave no answer"
+                yield ReplyFailed(THOUGHT_CUT_REPLY if self.cut_short else THOUGHT_ONLY_REPLY)
+                return
             self.failure = "the model returned no text"
             yield ReplyFailed(EMPTY_REPLY)
+            return
+        # Marker and line are for the reader only: the history keeps the model's own words.
+        if self.cut_short:
+            if self.speaker is not None:
+                await self._feed_speaker(SPOKEN_CUT_MARKER)
+            yield ReplyText(CUT_MARKER)
+        if self.show_thinking and self.thoughts:
+            yield ReplyText(f"\n\n({thought_line(self.thinking_seconds)})")
+
+    def _heard_thinking(self, text: str) -> None:
+        if self._thinking_since is None:
+            self._thinking_since = time.perf_counter()
+            if self.thoughts:  # a later step's thoughts, after a tool ran
+                self.thoughts.append("\n\n")
+        self.thoughts.append(text)
+
+    def _thinking_stopped(self) -> None:
+        if self._thinking_since is not None:
+            self.thinking_seconds += time.perf_counter() - self._thinking_since
+            self._thinking_since = None
+
+    async def _look_at_images(self) -> str | None:
+        """Fetch and downscale the event's images for a model that sees them; the sentence
+        for the person when one or more cannot reach it."""
+        if not sees_images(self.target.model):
+            log.info("%s message %s has %d image(s); %s does not see images", self.event.platform,
+                     self.event.message_id, len(self.event.images), self.target.label)
+            return CANNOT_SEE
+        spec = self.images_spec
+        prepared: list[ImagePart] = []
+        problem: str | None = None
+        if len(self.event.images) > spec.max_per_message:
+            problem = FIRST_IMAGES_ONLY.format(count=spec.max_per_message)
+        for image in self.event.images[:spec.max_per_message]:
+            try:
+                prepared.append(await fetch_and_prepare(image, spec.max_bytes, spec.max_side))
+            except ImageError as exc:
+                log.info("%s message %s: image %s left out: %s", self.event.platform,
+                         self.event.message_id, image.ref, exc)
+                problem = problem or exc.user_message
+            except Exception:
+                # The platform could not hand it over (gone, network): said, not raised.
+                log.exception("%s message %s: could not fetch image %s", self.event.platform,
+                              self.event.message_id, image.ref)
+                problem = problem or ImageError.user_message
+        self.images = tuple(prepared)
+        return problem
 
     def _heard_text(self, text: str) -> None:
         if self.first_token_at is None:
@@ -223,6 +319,7 @@ class Turn:
             self.speaker = None
 
     async def _record(self, session_id: int) -> None:
+        self._thinking_stopped()  # a reply that broke off mid-thought
         await save_turn(self.store, TurnRecord(
             inbox_id=self.inbox_id, session_id=session_id, persona=self.persona.name,
             model=self.target.label, received_at=_naive(self.event.received_at),
@@ -231,9 +328,20 @@ class Turn:
             prompt_tokens=self.agent.run.prompt_tokens if self.agent.run.counted else None,
             completion_tokens=self._completion_tokens,
             tool_calls=tuple(f"{c.tool}:{c.outcome}:{c.audit_id}" for c in self.agent.run.calls),
-            status=self.status, error=self.failure, user_text=self.event.text,
+            status=self.status, error=self.failure, user_text=self._user_text(),
             user_transcribed=self.event.transcribed, reply_text="".join(self.pieces),
+            thinking="".join(self.thoughts) or None,
+            thinking_ms=round(self.thinking_seconds * 1000) if self.thoughts else None,
+            cached_tokens=self.agent.run.cached_tokens, platform=self.event.platform,
+            chat_id=self.event.chat_id, fallback_from=self.target.fallback_from,
         ))
+
+    def _user_text(self) -> str:
+        """What the history keeps of the message: its text, marked when images came with it
+        (their bytes are never stored), so later turns know something was shown."""
+        if not self.event.images:
+            return self.event.text
+        return " ".join(part for part in (IMAGE_MARKER, self.event.text) if part)
 
     async def _speak(self, deliver_voice: DeliverVoice) -> None:
         assert self.speaker is not None
@@ -246,6 +354,13 @@ class Turn:
             # The text reply has arrived; a missing voice note is logged, not retried.
             log.exception("the spoken reply to %s chat %s failed", self.event.platform,
                           self.event.chat_id)
+
+
+def thought_line(seconds: float) -> str:
+    """The short line the owner may ask for under a reply that was thought over first."""
+    if seconds < 1:
+        return "thought for under a second"
+    return f"thought for {seconds:.0f} s"
 
 
 def _naive(moment: datetime) -> datetime:

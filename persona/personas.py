@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bot.config import Config, GenerationParams, ToolPolicy
+from bot.config import BudgetSpec, Config, GenerationParams, ToolPolicy
 from persona.policy import ToolAccess, tool_access
 
 ADMIN_PROMPT = (
@@ -33,6 +33,8 @@ class Persona:
     tools: ToolPolicy
     workspace: Path
     voice_replies: Literal["off", "inbound", "always"] = "inbound"
+    fallback: tuple[str, ...] = ()  # model references that answer when `model` is down
+    budget: BudgetSpec | None = None
 
     @property
     def tool_access(self) -> ToolAccess:
@@ -55,5 +57,7 @@ def build_personas(config: Config) -> dict[str, Persona]:
             tools=instance.tools,
             workspace=workspace,
             voice_replies=instance.voice_replies,
+            fallback=instance.fallback,
+            budget=instance.budget,
         )
     return personas

@@ -26,7 +26,8 @@ async def hearthbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
 def write_config(tmp_path: Path, base_url: str) -> str:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({
-        "gateway": {"providers": {"home": {
+        # `run` serves the web face; a free port keeps it off whatever holds the default.
+        "gateway": {"port": 0, "providers": {"home": {
             "type": "ollama", "base_url": base_url, "first_token_timeout": 5,
             "models": [{"id": "llama3.2:3b", "context_window": 8192}]}}},
         "agents": {"default": {"active_model": "home/llama3.2:3b"}},

@@ -266,7 +266,10 @@ async def test_openai_stream_sse_with_usage(openai: FakeOpenAI, client: httpx.As
     assert all(c["choices"][0]["finish_reason"] is None for c in streamed)
     assert last["choices"][0]["finish_reason"] == "stop"
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    assert usage["usage"] == {
+        "prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
 
 
 async def test_openai_stream_without_usage(openai: FakeOpenAI, client: httpx.AsyncClient) -> None:

@@ -7,7 +7,10 @@ nothing else exercises the engine Apple Silicon users get.
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -112,3 +115,43 @@ def test_converted_model_reads_text_as_llama_cpp_does(mlx_folder: Path) -> None:
 
 async def _collect(stream: AsyncIterator[object]) -> list[object]:
     return [item async for item in stream]
+
+
+async def test_the_thinking_switch_reaches_the_chat_template(mlx_folder: Path,
+                                                             tmp_path: Path) -> None:
+    # A template that, like Qwen3's, writes an empty thought into the prompt when thinking is
+    # off: the prompt then grows by those tokens, which the engine reports. (Left unasked,
+    # mlx-lm turns thinking on only for a vocabulary with <think> tokens; SmolLM2 has none.)
+    folder = tmp_path / "switchable"
+    shutil.copytree(mlx_folder, folder)
+    _append_to_template(folder, "{%- if enable_thinking is defined and not enable_thinking %}"
+                                "<think>\n\n</think>\n\n{%- endif %}")
+    model = ModelSpec(id="switchable", path=str(folder), engine="mlx", max_tokens=1,
+                      reasoning=True)
+    local = EmbeddedProvider("local", ProviderSpec(type="embedded", models=(model,)))
+
+    async def prompt_tokens(spec: ModelSpec, think: bool | None) -> int:
+        deltas = await _collect(local.stream(spec, QUESTION, GenerationParams(think=think)))
+        end = deltas[-1]
+        assert isinstance(end, StreamEnd) and end.prompt_tokens is not None
+        return end.prompt_tokens
+
+    try:
+        on, off, default = [await prompt_tokens(model, think) for think in (True, False, None)]
+        plain = await prompt_tokens(replace(model, reasoning=False), True)
+    finally:
+        await local.close()
+    assert off > on, "thinking off writes the empty thought into the prompt"
+    assert default == off, "left unasked, the model's own default holds"
+    assert plain == default, "a model not marked reasoning is not told"
+
+
+def _append_to_template(folder: Path, tail: str) -> None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.exists():
+        jinja.write_text(jinja.read_text() + tail)
+        return
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] += tail
+    config_path.write_text(json.dumps(config))

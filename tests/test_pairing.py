@@ -167,6 +167,6 @@ async def test_commands_and_odd_messages(ollama_service: Service) -> None:
     assert "I don't know that command" in await say(ollama_service, dm("/frobnicate"))
     sticker = replace(dm(""), mentioned=False)
     assert await say(ollama_service, sticker) == (
-        "I can read text and voice messages, but not that kind of message yet.")
+        "I can read text, voice messages and images, but not that kind of message yet.")
     assert await say(ollama_service, dm("", kind=ChatKind.GROUP)) == "Yes? Ask me anything."
     assert (await say(ollama_service, dm("/usr/bin is missing, why?"))) == "Hello there."

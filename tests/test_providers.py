@@ -60,13 +60,27 @@ async def fake(request: pytest.FixtureRequest) -> AsyncIterator[FakeOllama | Fak
 
 
 async def test_streams_text_then_one_end_with_usage(fake: FakeOllama | FakeOpenAI) -> None:
-    fake.script(ScriptedReply(chunks=("Bonjour", ", ", "monde", "!"), prompt_tokens=21))
+    fake.script(ScriptedReply(chunks=("Bonjour", ", ", "monde", "!"), prompt_tokens=21,
+                              cached_tokens=16))
     provider = provider_for(fake)
     deltas = await collect(provider.stream(MODEL, MESSAGES, PARAMS))
     await provider.close()
     assert [d.text for d in deltas if isinstance(d, TextDelta)] == ["Bonjour", ", ", "monde", "!"]
-    assert deltas[-1] == StreamEnd("stop", prompt_tokens=21, completion_tokens=4)
+    # OpenAI reports the cached share of the prompt; Ollama says nothing about its cache.
+    cached = 16 if isinstance(fake, FakeOpenAI) else None
+    assert deltas[-1] == StreamEnd("stop", prompt_tokens=21, completion_tokens=4,
+                                   cached_tokens=cached)
     assert sum(isinstance(d, StreamEnd) for d in deltas) == 1
+
+
+async def test_llama_server_cache_reuse_comes_from_its_timings() -> None:
+    async with FakeOpenAI(llama_server=True) as fake:
+        fake.script(ScriptedReply(chunks=("Hi",), prompt_tokens=900, cached_tokens=850))
+        provider = provider_for(fake)
+        deltas = await collect(provider.stream(MODEL, MESSAGES, PARAMS))
+        await provider.close()
+    assert deltas[-1] == StreamEnd("stop", prompt_tokens=900, completion_tokens=1,
+                                   cached_tokens=850)
 
 
 async def test_ollama_request_carries_model_prompt_keep_alive_and_window(
@@ -269,7 +283,8 @@ async def test_openai_interleaved_argument_fragments_are_merged_by_index(
         ("file_read", {"path": "some/long/path.txt"}),
         ("knowledge_lookup", {"q": 'what "quotes" do'})]
     assert [c.id for c in calls_of(deltas)] == ["call_1_0", "call_1_1"]  # the server's ids
-    assert deltas[-1] == StreamEnd("tool_calls", prompt_tokens=12, completion_tokens=0)
+    assert deltas[-1] == StreamEnd("tool_calls", prompt_tokens=12, completion_tokens=0,
+                                   cached_tokens=0)
 
 
 async def test_malformed_arguments_keep_their_text_and_the_stream_goes_on(

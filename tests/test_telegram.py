@@ -188,7 +188,7 @@ async def test_stickers_and_edits_never_crash_the_handler(running: Running) -> N
                     "width": 512, "height": 512, "is_animated": False, "is_video": False}}})
     await until(lambda: texts(running.tg, OWNER))
     assert texts(running.tg, OWNER) == [
-        "I can read text and voice messages, but not that kind of message yet."]
+        "I can read text, voice messages and images, but not that kind of message yet."]
     running.tg.push_text(chat_id=OWNER, from_id=OWNER, text="still there?")
     await until(lambda: len(texts(running.tg, OWNER)) == 2)
 

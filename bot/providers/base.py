@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar, runtime_checkable
@@ -28,6 +29,14 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ThinkingDelta:
+    """A piece of the model's chain of thought: kept in the turn's record, never shown as the
+    reply, never spoken, never sent back to the model as history."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolCallDelta:
     """One complete tool call the model made; several may come in one reply.
 
@@ -48,6 +57,20 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True)
+class ImagePart:
+    """An image for the model, already downscaled and re-encoded (see bot/images.py)."""
+
+    data: bytes = field(repr=False)
+    mime_type: str
+
+    def base64(self) -> str:
+        return base64.b64encode(self.data).decode("ascii")
+
+    def data_url(self) -> str:
+        return f"data:{self.mime_type};base64,{self.base64()}"
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     """One message of the history sent to the model.
 
@@ -62,6 +85,9 @@ class ChatMessage:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     tool_call_id: str | None = None
     tool_name: str | None = None
+    # Images the user sent with this message; only ever on this turn's own user message (the
+    # history keeps text alone), and only for a model that sees images (see `sees_images`).
+    images: tuple[ImagePart, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tool_calls and self.role != "assistant":
@@ -70,6 +96,8 @@ class ChatMessage:
             raise ValueError("a tool message needs the id of the call it answers")
         if self.role != "tool" and (self.tool_call_id or self.tool_name):
             raise ValueError(f"a {self.role} message cannot answer a tool call")
+        if self.images and self.role != "user":
+            raise ValueError(f"a {self.role} message cannot carry images")
 
     @classmethod
     def tool_request(cls, tool_calls: Sequence[ToolCallDelta], text: str = "") -> ChatMessage:
@@ -87,9 +115,15 @@ class StreamEnd:
     finish_reason: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Of the prompt tokens, those the backend served from its prompt cache; None when the
+    # backend does not say (Ollama, the embedded engines).
+    cached_tokens: int | None = None
 
 
-Delta = TextDelta | ToolCallDelta | StreamEnd
+Delta = TextDelta | ThinkingDelta | ToolCallDelta | StreamEnd
+
+# The finish reason every backend's stream reports for a reply cut off by its token cap.
+LENGTH = "length"
 
 
 class ChatProvider(Protocol):
@@ -152,6 +186,33 @@ def offered_tools(model: ModelSpec, tools: Sequence[ToolSpec]) -> tuple[ToolSpec
     and its text is never read as a tool call.
     """
     return tuple(tools) if TOOLS_CAPABILITY in model.capabilities else ()
+
+
+def output_cap(model: ModelSpec, params: GenerationParams) -> int:
+    """The most tokens one request may write: the model's `max_tokens`, or the persona's when
+    that is smaller. Every backend sends it with every request."""
+    if params.max_tokens is None:
+        return model.max_tokens
+    return min(params.max_tokens, model.max_tokens)
+
+
+def thinking_switch(model: ModelSpec, params: GenerationParams) -> bool | None:
+    """Whether to tell the backend to think (True), not to (False), or nothing (None): only a
+    model marked `reasoning` is told, so a plain model never gets a field it may reject."""
+    return params.think if model.reasoning else None
+
+
+IMAGE_CAPABILITY = "image"
+
+
+def sees_images(model: ModelSpec) -> bool:
+    """Whether photos reach `model`: only when its config lists "image".
+
+    The one place that decides it. A model that does not see images is never sent any (a
+    text-only server would reject the request or, worse, read the base64 as text); the person is
+    told so in one sentence instead, and their caption is answered.
+    """
+    return IMAGE_CAPABILITY in model.capabilities
 
 
 T = TypeVar("T")

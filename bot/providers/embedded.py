@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,8 @@ from bot.providers.base import (
     TextDelta,
     ToolSpec,
     offered_tools,
+    output_cap,
+    thinking_switch,
 )
 from bot.providers.bundled import bundled_model_path
 from bot.providers.toolcalls import ToolOfferingProvider, function_schema
@@ -153,11 +155,13 @@ class MlxEngine:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
-        # The Hugging Face template renders the schemas when it knows how (like llama.cpp's).
+        # The Hugging Face template renders the schemas when it knows how (like llama.cpp's),
+        # and reads `enable_thinking` where the model can switch its thinking (Qwen3, SmolLM3).
+        switch = {} if params.think is None else {"enable_thinking": params.think}
         prompt = self.tokenizer.apply_chat_template(
             [template_message(m) for m in messages],
             tools=[function_schema(t) for t in tools] or None,
-            add_generation_prompt=True,
+            add_generation_prompt=True, **switch,
         )
         last: Any = None
         finish_reason = "stop"
@@ -339,6 +343,10 @@ class EmbeddedProvider(ToolOfferingProvider):
     ) -> AsyncGenerator[Delta, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | _Finished | BaseException] = asyncio.Queue()
+        # The engine sees the thinking switch only for a model marked `reasoning`. mlx-lm hands
+        # it to the chat template; llama.cpp's chat handler takes no template variables, so
+        # there the model's template decides.
+        asked = replace(params, think=thinking_switch(model, params))
         cancelled = threading.Event()
 
         def hand_over(item: str | _Finished | BaseException) -> None:
@@ -368,8 +376,7 @@ class EmbeddedProvider(ToolOfferingProvider):
         def work() -> None:
             try:
                 hand_over(_Finished(engine.generate(
-                    messages, params, params.max_tokens or model.max_tokens, emit, cancelled,
-                    tools,
+                    messages, asked, output_cap(model, params), emit, cancelled, tools,
                 )))
             except BaseException as exc:  # the consumer re-raises it on the loop
                 hand_over(exc)

@@ -11,8 +11,11 @@ from bot.providers.base import (
     Delta,
     StreamEnd,
     TextDelta,
+    ThinkingDelta,
     ToolCallDelta,
     ToolSpec,
+    output_cap,
+    thinking_switch,
 )
 from bot.providers.http import HttpBackend, int_or_none, parse_json_line
 from bot.providers.toolcalls import ToolOfferingProvider, function_schema, make_call
@@ -45,13 +48,16 @@ class OllamaProvider(ToolOfferingProvider):
                 "temperature": params.temperature,
                 "top_p": params.top_p,
                 "repeat_penalty": params.repeat_penalty,
-                "num_predict": params.max_tokens or model.max_tokens,
+                "num_predict": output_cap(model, params),
                 # Ollama otherwise uses its own default window and silently truncates.
                 "num_ctx": model.context_window,
             },
         }
         if tools:
             body["tools"] = [function_schema(t) for t in tools]
+        if (think := thinking_switch(model, params)) is not None:
+            # Ollama then sends the thoughts apart, as `message.thinking`.
+            body["think"] = think
         calls_seen = 0
         async with self.http.post_stream("/api/chat", body) as response:
             async for line in self.http.lines(response):
@@ -60,6 +66,8 @@ class OllamaProvider(ToolOfferingProvider):
                     raise StreamInterrupted(f"{self.http.name}: {error}")
                 message = item.get("message")
                 if isinstance(message, dict):
+                    if thinking := message.get("thinking"):
+                        yield ThinkingDelta(str(thinking))
                     if content := message.get("content"):
                         yield TextDelta(str(content))
                     # Several calls may share one line (with empty content) or come one a line;
@@ -133,6 +141,9 @@ def wire_message(message: ChatMessage) -> dict[str, object]:
     versions that number calls also read `id` / `tool_call_id`, which older ones ignore.
     """
     out: dict[str, object] = {"role": message.role, "content": message.content}
+    if message.images:
+        # Ollama takes a message's images as bare base64 (no data: prefix) beside its text.
+        out["images"] = [image.base64() for image in message.images]
     if message.tool_calls:
         # A call whose arguments were unreadable goes back with none: Ollama rejects a string.
         out["tool_calls"] = [{"id": c.id, "function": {"name": c.name, "arguments": c.arguments}}

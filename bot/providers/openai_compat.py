@@ -14,8 +14,11 @@ from bot.providers.base import (
     Delta,
     StreamEnd,
     TextDelta,
+    ThinkingDelta,
     ToolCallDelta,
     ToolSpec,
+    output_cap,
+    thinking_switch,
 )
 from bot.providers.http import HttpBackend, int_or_none, parse_json_line
 from bot.providers.toolcalls import ToolOfferingProvider, function_schema, make_call
@@ -98,7 +101,7 @@ class OpenAICompatProvider(ToolOfferingProvider):
             "stream_options": {"include_usage": True},
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "max_tokens": params.max_tokens or model.max_tokens,
+            "max_tokens": output_cap(model, params),
         }
         if params.repeat_penalty != 1.0:
             # Not part of OpenAI's API, but llama.cpp, mlx_lm.server and vLLM all read it.
@@ -106,8 +109,15 @@ class OpenAICompatProvider(ToolOfferingProvider):
         if tools:
             body["tools"] = [function_schema(t) for t in tools]
             body["tool_choice"] = "auto"
+        if (think := thinking_switch(model, params)) is not None:
+            # No standard field turns thinking on or off; vLLM, llama-server, SGLang and
+            # mlx_lm.server all hand `chat_template_kwargs` to the chat template, and the
+            # templates of switchable models (Qwen3, SmolLM3, GLM, Gemma) read
+            # `enable_thinking`. (`reasoning_effort` only grades effort, it cannot turn off.)
+            body["chat_template_kwargs"] = {"enable_thinking": think}
         finish_reason: str | None = None
         usage: dict[str, object] = {}
+        timings: dict[str, object] = {}
         calls = _ToolCallAssembler()
         async with self.http.post_stream("/chat/completions", body) as response:
             async for line in self.http.lines(response):
@@ -121,9 +131,19 @@ class OpenAICompatProvider(ToolOfferingProvider):
                     raise StreamInterrupted(f"{self.http.name}: {error}")
                 if isinstance(chunk.get("usage"), dict):
                     usage = chunk["usage"]  # type: ignore[assignment]
+                if isinstance(chunk.get("timings"), dict):  # llama-server's own figures
+                    timings = {**timings, **chunk["timings"]}  # type: ignore[dict-item]
+                if "tokens_cached" in chunk:  # older llama-server builds, beside the usage
+                    timings = {**timings, "tokens_cached": chunk["tokens_cached"]}
                 choices: Any = chunk.get("choices") or []
                 for choice in choices:
                     delta = choice.get("delta") or {}
+                    # llama-server and DeepSeek name it `reasoning_content`; vLLM's newer
+                    # releases, OpenRouter and LM Studio `reasoning`. A server in transition
+                    # may send both with the same text: one is read.
+                    thinking = delta.get("reasoning_content") or delta.get("reasoning")
+                    if isinstance(thinking, str) and thinking:
+                        yield ThinkingDelta(thinking)
                     if content := delta.get("content"):
                         yield TextDelta(str(content))
                     for fragment in delta.get("tool_calls") or []:
@@ -143,6 +163,7 @@ class OpenAICompatProvider(ToolOfferingProvider):
             finish_reason=finish_reason or "stop",
             prompt_tokens=int_or_none(usage.get("prompt_tokens")),
             completion_tokens=int_or_none(usage.get("completion_tokens")),
+            cached_tokens=cached_tokens(usage, timings),
         )
 
     async def warm(self, model: ModelSpec) -> None:
@@ -170,10 +191,30 @@ class OpenAICompatProvider(ToolOfferingProvider):
         await self.http.close()
 
 
+def cached_tokens(usage: dict[str, object], timings: dict[str, object]) -> int | None:
+    """The prompt tokens served from the server's cache: OpenAI's (and vLLM's, and newer
+    llama-server's) `usage.prompt_tokens_details.cached_tokens`, else llama-server's
+    `timings.cache_n` or `tokens_cached`; None when the server says nothing about it."""
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and int_or_none(details.get("cached_tokens")) is not None:
+        return int_or_none(details.get("cached_tokens"))
+    for key in ("cache_n", "tokens_cached"):
+        if int_or_none(timings.get(key)) is not None:
+            return int_or_none(timings.get(key))
+    return None
+
+
 def wire_message(message: ChatMessage) -> dict[str, object]:
     """A history message as `/v1/chat/completions` reads it: call arguments as JSON text, and
     a result tied to its call by `tool_call_id`."""
     out: dict[str, object] = {"role": message.role, "content": message.content}
+    if message.images:
+        # With images, content becomes a list of parts: the text (if any), then each image as
+        # a data URL. Servers without a vision model refuse the request; the turn never sends
+        # images to a model whose config does not list "image".
+        text = [{"type": "text", "text": message.content}] if message.content else []
+        out["content"] = [*text, *({"type": "image_url", "image_url": {"url": image.data_url()}}
+                                   for image in message.images)]
     if message.tool_calls:
         # Empty content rather than null: several local servers' chat templates choke on null.
         # A malformed call goes back with empty arguments, as to Ollama: servers that re-parse

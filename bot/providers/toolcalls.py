@@ -22,7 +22,16 @@ from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from contextlib import aclosing
 
 from bot.config import GenerationParams, ModelSpec
-from bot.providers.base import ChatMessage, Delta, TextDelta, ToolCallDelta, ToolSpec, offered_tools
+from bot.providers.base import (
+    ChatMessage,
+    Delta,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolSpec,
+    offered_tools,
+)
+from bot.providers.thinking import separate_thinking
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
@@ -196,6 +205,8 @@ async def recover_text_tool_calls(
                 if text := detector.release():
                     yield TextDelta(text)
                 yield delta
+            elif isinstance(delta, ThinkingDelta):
+                yield delta  # thoughts are never a call, and do not settle whether text is
             else:
                 text, calls = detector.finish()
                 if text:
@@ -207,13 +218,15 @@ async def recover_text_tool_calls(
 
 class ToolOfferingProvider(ABC):
     """The part of `ChatProvider.stream` every backend shares: offer tools only to a model that
-    can call them, and read a reply that is a call written as text as that call. Backends
-    implement `generate`, which streams what the backend sends for the tools it is given."""
+    can call them, take `<think>` blocks out of the text, and read a reply that is a call
+    written as text as that call. Backends implement `generate`, which streams what the
+    backend sends for the tools it is given."""
 
     def stream(self, model: ModelSpec, messages: Sequence[ChatMessage],
                params: GenerationParams, tools: Sequence[ToolSpec] = ()) -> AsyncIterator[Delta]:
         offered = offered_tools(model, tools)
-        deltas = self.generate(model, messages, params, offered)
+        # Thoughts come out first: JSON a model muses about inside <think> is not a call.
+        deltas = separate_thinking(self.generate(model, messages, params, offered))
         return recover_text_tool_calls(deltas, offered) if offered else deltas
 
     @abstractmethod

@@ -54,6 +54,15 @@ class TurnRecord:
     reply_text: str | None = None
     # Each tool call the turn made, as "tool:outcome:audit id" (the audit row has the rest).
     tool_calls: tuple[str, ...] = ()
+    # The model's chain of thought and the time it took: kept here, never in the history.
+    thinking: str | None = None
+    thinking_ms: int | None = None
+    # Of the prompt tokens, those the backend served from its cache (None: it did not say).
+    cached_tokens: int | None = None
+    platform: str | None = None
+    chat_id: str | None = None
+    # The model the turn was meant for, when a fallback answered instead (`model`).
+    fallback_from: str | None = None
 
 
 async def open_conversation(store: Store, platform: str, chat_id: str, persona: str,
@@ -137,6 +146,9 @@ async def save_turn(store: Store, turn: TurnRecord) -> None:
             done_at=turn.done_at, prompt_tokens=turn.prompt_tokens,
             completion_tokens=turn.completion_tokens,
             tool_calls=json.dumps(list(turn.tool_calls)) if turn.tool_calls else None,
+            thinking=turn.thinking, thinking_ms=turn.thinking_ms,
+            cached_tokens=turn.cached_tokens, platform=turn.platform, chat_id=turn.chat_id,
+            fallback_from=turn.fallback_from,
         ))
         if turn.inbox_id is not None:
             await session.execute(update(table(InboxRow)).where(InboxRow.id == turn.inbox_id)

@@ -11,7 +11,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot.events import ChatKind, InboundEvent, MessageStatus, VoiceAttachment
+from bot.events import ChatKind, ImageAttachment, InboundEvent, MessageStatus, VoiceAttachment
 from bot.store.db import Store
 from bot.store.tables import InboxRow, QuarantineRow, table, utcnow
 
@@ -112,7 +112,8 @@ async def state_of(store: Store, platform: str, chat_id: str,
 
 
 def _to_json(event: InboundEvent) -> str:
-    # Voice bytes are not kept: the adapter fetches them again by their platform reference.
+    # Voice and image bytes are not kept: the adapter fetches them again by their platform
+    # reference.
     return json.dumps({
         "platform": event.platform, "chat_id": event.chat_id, "chat_kind": event.chat_kind.value,
         "sender_id": event.sender_id, "sender_name": event.sender_name,
@@ -123,6 +124,8 @@ def _to_json(event: InboundEvent) -> str:
         "voice": None if event.voice is None else {
             "mime_type": event.voice.mime_type, "duration": event.voice.duration,
             "ref": event.voice.ref},
+        "images": [{"mime_type": i.mime_type, "size": i.size, "ref": i.ref}
+                   for i in event.images],
         "received_at": event.received_at.isoformat(),
     })
 
@@ -137,5 +140,6 @@ def _from_json(text: str) -> InboundEvent:
         reply_to_bot=data["reply_to_bot"], transcribed=data["transcribed"],
         bot_names=tuple(data.get("bot_names", ())),
         voice=VoiceAttachment(**voice) if (voice := data.get("voice")) else None,
+        images=tuple(ImageAttachment(**image) for image in data.get("images", ())),
         received_at=datetime.fromisoformat(data["received_at"]),
     )

@@ -28,6 +28,7 @@ from bot.store.tables import (
     WebSessionRow,
     utcnow,
 )
+from bot.store.usage import SUMMARY_STATUS
 
 # API tokens reach the router as a DM on this platform from the peer `token-<id>`, so the
 # binding table decides their persona like anyone else's.
@@ -242,7 +243,9 @@ async def recent_turns(store: Store, limit: int = 30) -> list[TurnTiming]:
     """The newest turns' timings, oldest first."""
     async with store.read() as session:
         rows = (await session.scalars(
-            select(TurnRow).order_by(TurnRow.id.desc()).limit(limit))).all()
+            # A summary's row is accounting, not an answer anyone waited for.
+            select(TurnRow).where(TurnRow.status != SUMMARY_STATUS)
+            .order_by(TurnRow.id.desc()).limit(limit))).all()
     timings = []
     for row in reversed(rows):
         first = ((row.first_token_at - row.received_at).total_seconds()

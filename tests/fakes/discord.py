@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import io
 import json
 import mimetypes
 import re
@@ -30,6 +31,7 @@ import discord.gateway
 import discord.http
 import yarl
 from aiohttp import BodyPartReader, WSMsgType, web
+from PIL import Image
 
 from tests.fakes.server import FakeServer
 
@@ -318,6 +320,11 @@ class FakeDiscord(FakeServer):
         url = self.base_url + path
         att: Json = {"id": str(att_id), "filename": filename, "size": len(data), "url": url,
                      "proxy_url": url, "content_type": content_type}
+        if content_type.startswith("image/"):
+            # Discord measures the images it can decode; a broken one has no dimensions.
+            with (contextlib.suppress(OSError, ValueError, SyntaxError),
+                  Image.open(io.BytesIO(data)) as image):
+                att["width"], att["height"] = image.size
         if duration_secs is not None:
             att["duration_secs"] = duration_secs
         if waveform is not None:

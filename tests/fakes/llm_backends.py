@@ -22,6 +22,8 @@ measurement in `fake.measured`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import dataclasses
 import functools
 import hashlib
@@ -32,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -85,17 +87,46 @@ class ScriptedReply:
     status: int = 200
     disconnect_after: int | None = None  # counts streamed lines/events: text, then tool calls
     prompt_tokens: int = 12
+    # Of the prompt tokens, those served from the server's prompt cache (OpenAI reports them
+    # in usage.prompt_tokens_details; Ollama says nothing about its cache).
+    cached_tokens: int = 0
+    # Tokens the reply took; None: one per chunk.
+    completion_tokens: int | None = None
     finish_reason: str = "stop"
     # The stream stops after its first piece until this is set: a test can act while a reply
     # is under way.
     pause_after_first: asyncio.Event | None = field(default=None, compare=False)
     # Nothing is sent until this event is set: a reply the test holds back.
     hold: asyncio.Event | None = field(default=None, compare=False)
+    # The chain of thought, streamed before the answer (`chunks`) in the form real servers
+    # use: "separate" is Ollama's `message.thinking` and the OpenAI `reasoning_content` field,
+    # "reasoning" the OpenAI `reasoning` field (vLLM, LM Studio), "tag" `<think>…</think>` in
+    # the text, cut into TAG_PIECE-character chunks so the tags straddle chunk boundaries.
+    # A request that turns thinking off (Ollama `think: false`, OpenAI
+    # `chat_template_kwargs.enable_thinking: false`) gets no thoughts, as from a real model.
+    thinking: tuple[str, ...] = ()
+    thinking_form: Literal["separate", "reasoning", "tag"] = "separate"
+    thinking_closed: bool = True  # "tag" only: False leaves the thought open at the end
 
     @classmethod
     def calling(cls, *calls: ToolCall, **options: Any) -> ScriptedReply:
         """A step that only calls tools, as models usually do."""
         return cls(chunks=(), tool_calls=calls, **options)
+
+    def thoughts_and_text(self, thinking_on: bool) -> tuple[list[str], list[str]]:
+        """(thoughts sent apart, text chunks) as the stream carries them."""
+        if not thinking_on or not self.thinking:
+            return [], list(self.chunks)
+        if self.thinking_form != "tag":
+            return list(self.thinking), list(self.chunks)
+        tagged = "<think>" + "".join(self.thinking) + (
+            "</think>\n\n" if self.thinking_closed else "")
+        pieces = [tagged[i:i + TAG_PIECE] for i in range(0, len(tagged), TAG_PIECE)]
+        return [], pieces + list(self.chunks)
+
+
+TAG_PIECE = 5  # "<think>" and "</think>" never fit one piece whole
+
 
 
 @dataclass
@@ -105,6 +136,10 @@ class RecordedRequest:
     body: dict[str, object] | None
     headers: dict[str, str]  # keys lower-cased so tests need not guess the client's casing
     at: float  # time.monotonic()
+    # The backend's own time, for benchmarks that subtract it: when the first streamed piece
+    # was written, and when the response was finished (last byte written).
+    first_byte_at: float | None = None
+    done_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +159,7 @@ class Measured:
 _FAKE_TOKEN = re.compile(r"\d|[^\W\d_]{1,3}|\S")
 MESSAGE_TOKENS = 4  # what the fake's chat template adds around each message
 REPLY_TOKENS = 3  # the assistant header that ends every prompt
+IMAGE_TOKENS = 256  # what one image costs, as a small vision encoder would make it
 
 
 def fake_tokens(text: str) -> int:
@@ -133,16 +169,91 @@ def fake_tokens(text: str) -> int:
 
 
 def prompt_tokens_of(body: Json) -> int:
-    """A chat request's prompt in the fake's tokens: messages, their calls, and the tools."""
+    """A chat request's prompt in the fake's tokens: messages, their calls and images, and the
+    tools."""
     total = REPLY_TOKENS
     for message in body.get("messages") or []:
         if isinstance(message, dict):
-            total += MESSAGE_TOKENS + fake_tokens(str(message.get("content") or ""))
+            text, images = _text_and_images(message)
+            total += MESSAGE_TOKENS + fake_tokens(text) + IMAGE_TOKENS * len(images)
             if message.get("tool_calls"):
                 total += fake_tokens(json.dumps(message["tool_calls"]))
     if body.get("tools"):
         total += fake_tokens(json.dumps(body["tools"]))
     return total
+
+
+def _text_and_images(message: Json) -> tuple[str, list[str]]:
+    """A message's text and its images' base64, in either server's format: Ollama's `images`
+    beside the content, or OpenAI's list of content parts with data URLs."""
+    content = message.get("content")
+    images = [str(i) for i in message.get("images") or []]
+    if not isinstance(content, list):
+        return str(content or ""), images
+    texts = [str(p.get("text") or "") for p in content
+             if isinstance(p, dict) and p.get("type") == "text"]
+    for part in content:
+        image_url = part.get("image_url") if isinstance(part, dict) else None
+        if isinstance(image_url, dict):
+            url = str(image_url.get("url") or "")
+            images.append(url.partition(";base64,")[2])
+    return "".join(texts), images
+
+
+def sent_images(body: Json) -> list[bytes]:
+    """The images of a chat request's messages, decoded, in order (either server's format)."""
+    return [base64.b64decode(data, validate=True) for message in body.get("messages") or []
+            if isinstance(message, dict) for data in _text_and_images(message)[1]]
+
+
+def _ollama_images_problem(messages: list[Any]) -> str | None:
+    """What Ollama answers 400 to: `images` that are not a list of base64 strings."""
+    for message in messages:
+        images = message.get("images") if isinstance(message, dict) else None
+        if images is None:
+            continue
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            return "json: cannot unmarshal images into Go struct field Message.messages.images"
+        for data in images:
+            try:
+                base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                return "illegal base64 data at input byte 0"
+    return None
+
+
+def _openai_content_problem(messages: list[Any]) -> str | None:
+    """What an OpenAI-compatible server answers 400 to: content that is neither a string nor a
+    list of well-formed text and image_url parts (images as data URLs or http URLs)."""
+    for index, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is None or isinstance(content, str):
+            continue
+        if not isinstance(content, list) or (message.get("role") != "user" and any(
+                isinstance(p, dict) and p.get("type") != "text" for p in content)):
+            return f"messages[{index}].content: image parts are only allowed in user messages"
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                continue
+            image_url = part.get("image_url") if kind == "image_url" else None
+            url = image_url.get("url") if isinstance(image_url, dict) else None
+            if not isinstance(url, str):
+                return f"messages[{index}].content: invalid content part {part!r:.80}"
+            if url.startswith("data:"):
+                head, _, data = url.partition(",")
+                try:
+                    base64.b64decode(data, validate=True)
+                except (binascii.Error, ValueError):
+                    return f"messages[{index}].content: invalid base64 image data"
+                if not head.endswith(";base64") or not head[5:].startswith("image/"):
+                    return f"messages[{index}].content: invalid image data URL"
+            elif not url.startswith(("http://", "https://")):
+                return f"messages[{index}].content: invalid image URL"
+    return None
+
+
+_RECORDED = web.RequestKey("recorded", RecordedRequest)
 
 
 def _dumps(payload: object) -> str:
@@ -204,8 +315,10 @@ class _FakeBackend(FakeServer):
                 body = None
             body = body if isinstance(body, dict) else None
             headers = {k.lower(): v for k, v in request.headers.items()}
-            self.requests.append(
-                RecordedRequest(request.method, request.path, body, headers, time.monotonic()))
+            recorded = RecordedRequest(request.method, request.path, body, headers,
+                                       time.monotonic())
+            self.requests.append(recorded)
+            request[_RECORDED] = recorded
             if raw and body is None:
                 return self._error(400, "invalid JSON body")
             denied = self._guard(request)
@@ -217,6 +330,7 @@ class _FakeBackend(FakeServer):
             try:
                 return await handler(request)
             finally:
+                recorded.done_at = time.monotonic()
                 self._inflight.discard(task)
         return record
 
@@ -265,7 +379,9 @@ class _FakeBackend(FakeServer):
             await asyncio.sleep(reply.first_token_delay if i == 0 else reply.token_delay)
             if i == 1 and reply.pause_after_first is not None:
                 await reply.pause_after_first.wait()
-            first_ns = first_ns or time.monotonic_ns()
+            if first_ns is None:
+                first_ns = time.monotonic_ns()
+                request[_RECORDED].first_byte_at = first_ns / 1e9
             await resp.write(piece)
         if cut is not None:
             _cut(request)
@@ -403,16 +519,21 @@ class FakeOllama(_FakeBackend):
             return self._error(404, f'model "{body["model"]}" not found, try pulling it first')
         unload = _is_zero_keep_alive(body.get("keep_alive"))
 
-        def line(text: str, calls: list[Json] | None = None, **extra: Any) -> Json:
+        def line(text: str, calls: list[Json] | None = None, thinking: str = "",
+                 **extra: Any) -> Json:
             out: Json = {"model": body["model"], "created_at": _now_rfc3339()}
             if chat:
                 out["message"] = {"role": "assistant", "content": text}
+                if thinking:
+                    out["message"]["thinking"] = thinking
                 if calls:
                     out["message"]["tool_calls"] = calls
             else:
                 out["response"] = text
             return {**out, **extra}
 
+        if chat and (problem := _ollama_images_problem(body.get("messages") or [])):
+            return self._error(400, problem)
         if not (body.get("messages") if chat else body.get("prompt")):
             # Ollama's load/unload idiom: no input, answered at once and never streamed.
             if not unload and model in self.load_gates:
@@ -446,7 +567,7 @@ class FakeOllama(_FakeBackend):
                     "prompt_eval_count": (reply.prompt_tokens if prompt_tokens is None
                                           else prompt_tokens),
                     "prompt_eval_duration": first_ns - started,
-                    "eval_count": len(reply.chunks), "eval_duration": now - first_ns}
+                    "eval_count": _completion_tokens(reply), "eval_duration": now - first_ns}
 
         if body.get("stream", True) is False:
             if not await self._wait_whole(request, reply):
@@ -457,8 +578,11 @@ class FakeOllama(_FakeBackend):
                 line("".join(reply.chunks), tools, **stats(first_ns)), dumps=_dumps)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
+        # Thinking-capable models think unless the request says `think: false`.
+        thoughts, texts = reply.thoughts_and_text(body.get("think") is not False)
+        lines = [line("", thinking=t, done=False) for t in thoughts]
         # By default one line per tool call: clients must gather calls across lines.
-        lines = [line(c, done=False) for c in reply.chunks]
+        lines += [line(c, done=False) for c in texts]
         if reply.batch_tool_calls and tools:
             lines.append(line("", tools, done=False))
         else:
@@ -529,8 +653,11 @@ class FakeOpenAI(_FakeBackend):
 
     def __init__(self, models: Sequence[str] = ("llama3.2:3b",), *,
                  api_key: str | None = None, context_length: int = 8192,
-                 count_tokens: bool = False) -> None:
+                 count_tokens: bool = False, llama_server: bool = False) -> None:
         super().__init__(models, count_tokens)
+        # llama-server's flavour: its usage has no prompt_tokens_details; the cache reuse is in
+        # the `timings` object of the final chunk (cache_n, prompt_n, predicted_n, ...).
+        self.llama_server = llama_server
         self.api_key = api_key
         self.context_length = context_length
         self._completions = 0
@@ -564,6 +691,8 @@ class FakeOpenAI(_FakeBackend):
         body = await _body(request)
         if not isinstance(body.get("messages"), list):
             return self._error(400, "'messages' is a required property")
+        if problem := _openai_content_problem(body["messages"]):
+            return self._error(400, problem)
         # mlx_lm.server and llama-server fall back to their loaded model when none is named.
         model = body.get("model") or self.models[0]
         if model not in self.models:
@@ -591,9 +720,19 @@ class FakeOpenAI(_FakeBackend):
              "function": {"name": t.name, "arguments": t.argument_text()}}
             for i, t in enumerate(reply.tool_calls)]
         finish = "tool_calls" if calls and reply.finish_reason == "stop" else reply.finish_reason
-        done = len(reply.chunks)
+        done = _completion_tokens(reply)
+        # OpenAI's shape: the cached share of the prompt inside prompt_tokens_details.
         usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": done,
-                 "total_tokens": reply.prompt_tokens + done}
+                 "total_tokens": reply.prompt_tokens + done,
+                 "prompt_tokens_details": {"cached_tokens": reply.cached_tokens,
+                                           "audio_tokens": 0},
+                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
+        timings: Json = {}
+        if self.llama_server:
+            usage = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+            timings = {"cache_n": reply.cached_tokens,
+                       "prompt_n": reply.prompt_tokens - reply.cached_tokens,
+                       "prompt_ms": 12.5, "predicted_n": done, "predicted_ms": 40.0}
 
         if body.get("stream") is not True:
             if not await self._wait_whole(request, reply):
@@ -612,11 +751,17 @@ class FakeOpenAI(_FakeBackend):
             choice = {"index": 0, "delta": delta, "logprobs": None,
                       "finish_reason": finish_reason}
             chunk: Json = {**head, "object": "chat.completion.chunk", "choices": [choice]}
-            if include_usage:  # OpenAI sends an explicit null on every chunk but the last
+            if include_usage and not self.llama_server:  # OpenAI: null on all but the last
                 chunk["usage"] = None
+            if finish_reason is not None and timings:
+                chunk["timings"] = timings
             return _sse(chunk)
 
-        deltas: list[Json] = [{"content": c} for c in reply.chunks]
+        asked = (body.get("chat_template_kwargs") or {}).get("enable_thinking")
+        thoughts, texts = reply.thoughts_and_text(asked is not False)
+        thought_key = "reasoning" if reply.thinking_form == "reasoning" else "reasoning_content"
+        deltas: list[Json] = [{"content": None, thought_key: t} for t in thoughts]
+        deltas += [{"content": c} for c in texts]
         deltas += _openai_tool_deltas(reply, calls)
         deltas = deltas or [{"content": ""}]
         deltas[0] = {"role": "assistant", **deltas[0]}
@@ -632,6 +777,10 @@ class FakeOpenAI(_FakeBackend):
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _completion_tokens(reply: ScriptedReply) -> int:
+    return len(reply.chunks) if reply.completion_tokens is None else reply.completion_tokens
 
 
 def _is_warm_up(body: Json) -> bool:

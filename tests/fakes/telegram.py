@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
 import json
 import re
 import time
@@ -23,6 +24,7 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from PIL import Image
 
 from tests.fakes.server import FakeServer
 
@@ -63,7 +65,11 @@ _HTML_NAMED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
 # Telegram's servers mark commands and @mentions in incoming text; PTB's CommandHandler needs it.
 _AUTO_ENTITY = re.compile(r"(?P<bot_command>(?<![\w/])/[A-Za-z0-9_]{1,32}(?:@[A-Za-z0-9_]{5,32})?)"
                           r"|(?P<mention>(?<![\w@])@[A-Za-z0-9_]{5,32})")
-_EXTENSIONS = {"audio/ogg": "oga", "audio/mpeg": "mp3", "audio/mp4": "m4a", "audio/x-m4a": "m4a",
+# The longest sides Telegram makes of a photo (the smallest thumbnails up to its "w" size); each
+# is a JPEG file of its own, and none is larger than the photo sent.
+PHOTO_SIDES = (90, 320, 800, 1280, 2560)
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png",
+               "audio/ogg": "oga", "audio/mpeg": "mp3", "audio/mp4": "m4a", "audio/x-m4a": "m4a",
                "audio/wav": "wav", "application/pdf": "pdf", "text/plain": "txt"}
 _ERROR_DESCRIPTIONS = {400: "Bad Request", 403: "Forbidden: bot was blocked by the user",
                        409: "Conflict: terminated by other getUpdates request; make sure that "
@@ -436,6 +442,29 @@ class FakeTelegram(FakeServer):
                                        file_name=file_name, title=title)
         return self._queue({"message": message})
 
+    def push_photo(self, *, chat_id: int, from_id: int, data: bytes, caption: str | None = None,
+                   from_name: str = "Alice", chat_type: str = "private",
+                   chat_title: str | None = None, caption_entities: list[Json] | None = None,
+                   message_id: int | None = None) -> Json:
+        """A photo as Telegram delivers it: re-encoded as JPEG in several sizes, smallest
+        first, each its own file with its `file_size`; the caption's mentions are marked."""
+        message = self._inbound(chat_id, from_id, from_name, chat_type, chat_title, message_id,
+                                None)
+        message["photo"] = self._photo_sizes(data)
+        self._caption(message, caption, caption_entities)
+        return self._queue({"message": message})
+
+    def push_document(self, *, chat_id: int, from_id: int, data: bytes, mime_type: str,
+                      file_name: str, caption: str | None = None, from_name: str = "Alice",
+                      chat_type: str = "private", chat_title: str | None = None,
+                      message_id: int | None = None) -> Json:
+        """A file sent as a document: kept byte for byte, whatever it holds."""
+        message = self._inbound(chat_id, from_id, from_name, chat_type, chat_title, message_id,
+                                None)
+        message["document"] = self._media("document", data, mime_type, file_name=file_name)
+        self._caption(message, caption, None)
+        return self._queue({"message": message})
+
     def buttons(self, chat_id: int, message_id: int) -> list[Json]:
         """The inline buttons a message shows now, row after row; [] when it has none."""
         message = self._messages.get((chat_id, message_id), {})
@@ -544,6 +573,35 @@ class FakeTelegram(FakeServer):
         media = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
                  "mime_type": mime_type, "file_size": len(data)}
         return media | {k: v for k, v in extra.items() if v is not None}
+
+    def _photo_sizes(self, data: bytes) -> list[Json]:
+        with Image.open(io.BytesIO(data)) as original:
+            original.load()
+            image = original.convert("RGB")
+        longest = max(image.size)
+        sides = [side for side in PHOTO_SIDES if side < longest] + [min(longest, PHOTO_SIDES[-1])]
+        sizes: list[Json] = []
+        for side in dict.fromkeys(sides):
+            copy_ = image.copy()
+            copy_.thumbnail((side, side))
+            out = io.BytesIO()
+            copy_.save(out, format="JPEG", quality=87)
+            stored = self._store("photos", out.getvalue(), "image/jpeg")
+            sizes.append({"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
+                          "width": copy_.width, "height": copy_.height,
+                          "file_size": len(stored.data)})
+        return sizes
+
+    def _caption(self, message: Json, caption: str | None,
+                 entities: list[Json] | None) -> None:
+        if caption is None:
+            return
+        if len(caption) > MAX_CAPTION:
+            raise ValueError(f"Telegram refuses captions over {MAX_CAPTION} characters")
+        message["caption"] = caption
+        entities = self._auto_entities(caption) if entities is None else entities
+        if entities:
+            message["caption_entities"] = entities
 
     def _chat(self, chat_id: int) -> Json:
         if chat_id in self._chats:

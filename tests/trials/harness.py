@@ -80,7 +80,9 @@ def service_config(data_dir: Path, llm_base_url: str, channels: Json) -> Path:
     It is checked with the project's own parser (through make_config) before it is written.
     """
     sections: Json = {
-        "gateway": {"log_level": "info", "providers": {"ollama": {
+        # A free port for the web face: trials must not hold the default one that a test run
+        # or the owner's own service on this machine expects.
+        "gateway": {"log_level": "info", "port": 0, "providers": {"ollama": {
             "type": "ollama", "base_url": llm_base_url, "first_token_timeout": 10,
             "read_timeout": 10,
             "models": [{"id": MODEL, "context_window": 8192, "max_tokens": 512}]}}},
