@@ -6,6 +6,7 @@ and `adapters/__init__.py` imports it first for the same reason.
 """
 
 import os
+import sys
 
 # onnxruntime (piper, faster-whisper's VAD) reports telemetry unless this is set before it loads.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -16,5 +17,9 @@ os.environ.setdefault("PTB_TIMEDELTA", "1")
 # models are local folders, and nothing leaves the machine.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# `import httpx` also imports httpx's own command-line client (click, rich, pygments) whenever
+# those happen to be installed: tens of milliseconds at every start for a tool never run here.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 __version__ = "0.1.0"

@@ -360,6 +360,10 @@ class VoiceSpec:
     # hear whether they name it: at most this many an hour, so a busy server cannot keep the
     # transcriber (and the disk) busy with talk that is not for the bot. 0 turns it off.
     unaddressed_per_hour: int = 30
+    # Load the speech models at start rather than at the first voice note (and the first
+    # spoken reply). Loaded, they hold about 200 MB for the life of the process; waiting, the
+    # first voice note pays about a second once, and the memory stays the model's.
+    preload: bool = False
 
 
 @dataclass(frozen=True)

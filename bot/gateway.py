@@ -28,7 +28,7 @@ from bot.events import InboundEvent, MessageStatus, Reply, ReplyPart, ReplyText
 from bot.model_host import ModelHost
 from bot.router import Resolution, resolve
 from bot.store import Store, inbox
-from bot.store.bindings import list_bindings
+from bot.store.bindings import BindingCache
 from bot.store.history import start_new_session
 from bot.store.usage import resets_in, spent_today
 from bot.summaries import ChatContext, ContextKeeper
@@ -67,6 +67,7 @@ class Gateway:
         # Adapters read the size cap to pick what to download; turns, how to shrink it.
         self.images = images or ImagesSpec()
         self._roles = {name: p.role for name, p in personas.items()}
+        self._bindings = BindingCache(store)
         # Where adapters register how they ask the owner to approve a tool call (the gate
         # was handed `approvals.approve` when the service was wired).
         self.approvals = approvals if approvals is not None else Approvals(store, self._roles)
@@ -116,7 +117,7 @@ class Gateway:
 
     async def resolve(self, event: InboundEvent) -> Resolution:
         """Which persona answers this event, and why (the binding that decided)."""
-        bindings = await list_bindings(self.store, event.platform)
+        bindings = await self._bindings.bindings(event.platform)
         return resolve(event, bindings, self._roles)
 
     async def start_over(self, event: InboundEvent) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import plistlib
 import shlex
 import shutil
 import subprocess
@@ -163,6 +162,8 @@ def _launchd_plist(install: Installation) -> str:
         "StandardOutPath": str(install.log_file),
         "StandardErrorPath": str(install.log_file),
     }
+    import plistlib  # launchd only; every command reads SERVICE_MARKER from here
+
     return plistlib.dumps(agent).decode()
 
 
@@ -189,6 +190,8 @@ def verify(install: Installation) -> Verdict:
             done = _run(["plutil", "-lint", str(install.unit_path)])
             return Verdict(done.returncode == 0, (done.stdout + done.stderr).strip())
         try:
+            import plistlib
+
             agent = plistlib.loads(install.unit_path.read_bytes())
         except Exception as exc:
             return Verdict(False, f"not a property list: {exc}")

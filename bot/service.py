@@ -69,7 +69,8 @@ async def open_service(config: Config, *, voice: bool = True) -> AsyncIterator[S
             from bot.voice.speech import Speech
 
             speech = Speech(config.voice)
-            speech.preload()
+            if config.voice.preload:
+                speech.preload()
         personas = build_personas(config)
         # Calls to tools under a persona's `tools.ask` wait for the owner's answer, asked on
         # the platform the call came from by the adapter registered there.

@@ -32,7 +32,6 @@ from bot.events import (
     ReplyStatus,
     ReplyText,
 )
-from bot.images import fetch_and_prepare
 from bot.providers import ChatMessage, ThinkingDelta
 from bot.providers.base import ImagePart, sees_images
 from bot.store import Store
@@ -282,6 +281,8 @@ class Turn:
             log.info("%s message %s has %d image(s); %s does not see images", self.event.platform,
                      self.event.message_id, len(self.event.images), self.target.label)
             return CANNOT_SEE
+        from bot.images import fetch_and_prepare  # Pillow loads with the first image only
+
         spec = self.images_spec
         prepared: list[ImagePart] = []
         problem: str | None = None

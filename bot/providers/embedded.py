@@ -353,10 +353,30 @@ class EmbeddedProvider(ToolOfferingProvider):
             if not loop.is_closed():
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        # Text made but not yet taken by the loop. Waking the loop costs a system call and a
+        # turn of the GIL: once per batch, not once per token, so the decode thread keeps
+        # the interpreter while the loop is busy; tokens made meanwhile join the batch.
+        made: list[str] = []
+        made_lock = threading.Lock()
+
+        def take_made() -> None:
+            with made_lock:
+                text = "".join(made)
+                made.clear()
+            queue.put_nowait(text)
+
+        def emit(text: str) -> None:
+            with made_lock:
+                made.append(text)
+                if len(made) > 1:  # a wake-up is on its way and will take this one too
+                    return
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(take_made)
+
         def work() -> None:
             try:
                 hand_over(_Finished(engine.generate(
-                    messages, asked, output_cap(model, params), hand_over, cancelled, tools,
+                    messages, asked, output_cap(model, params), emit, cancelled, tools,
                 )))
             except BaseException as exc:  # the consumer re-raises it on the loop
                 hand_over(exc)

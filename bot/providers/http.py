@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,9 +24,36 @@ from bot.providers.base import (
     next_within,
 )
 
+
+def _import_httpcore_for_asyncio() -> None:
+    """httpcore imports trio whenever it is installed (other tools bring it along), which
+    costs about 0.1 s; this process runs on asyncio only, so trio stays hidden meanwhile."""
+    if "httpcore" in sys.modules:
+        return
+    hide = "trio" not in sys.modules
+    if hide:
+        sys.modules["trio"] = None  # type: ignore[assignment]
+    try:
+        import httpcore  # noqa: F401
+    finally:
+        if hide:
+            del sys.modules["trio"]
+
+
+_import_httpcore_for_asyncio()
+
 # How servers say a prompt does not fit: llama-server and Ollama (with `truncate` off), vLLM.
 _TOO_LONG = ("exceed_context_size_error", "exceeds the available context size",
              "maximum context length")
+
+
+def _tls_for(base_url: str) -> ssl.SSLContext | bool:
+    """Verification as usual for https. A plain-http backend (the usual local server) never
+    speaks TLS, and this client follows no redirects, so it is spared loading the system's
+    certificates at every start: a context that trusts no one, so TLS could only fail."""
+    if base_url.lower().startswith("https:"):
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 class HttpBackend:
@@ -41,6 +70,7 @@ class HttpBackend:
             headers=headers,
             timeout=httpx.Timeout(connect=spec.connect_timeout, read=None, write=30.0, pool=30.0),
             trust_env=False,  # no proxy may see local traffic
+            verify=_tls_for(base_url),
         )
 
     @asynccontextmanager

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import ColumnElement, CursorResult, delete, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped
 
 from bot.config import BindingSpec
 from bot.errors import ConfigBinding
 from bot.store.db import Store
-from bot.store.tables import BindingRow
+from bot.store.tables import BindingRow, table
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,46 @@ async def list_bindings(store: Store, platform: str | None = None) -> list[Bindi
         return [_to_binding(row) for row in (await session.scalars(query)).all()]
 
 
+class BindingCache:
+    """The binding table as last read, read again only once it has changed, whether this
+    process changed it or another did (`hearthbot bind` beside the running service).
+
+    Every write to the table also moves a counter in the database (SQLite's header field
+    `user_version`, in the same transaction), so asking whether anything changed is one
+    statement that reads no table. Other databases have no such field: there the table is read
+    at every call, as before.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._seen: int | None = None
+        self._rows: tuple[Binding, ...] = ()
+
+    async def bindings(self, platform: str) -> list[Binding]:
+        async with self._store.engine.connect() as connection:
+            # The counter is read before the rows: a change committed in between is then
+            # read now and noticed again next time, never missed.
+            version = await _version(connection) if self._store.is_sqlite else None
+            if version is None or version != self._seen:
+                rows = table(BindingRow)
+                result = await connection.execute(select(rows).order_by(rows.c.id))
+                self._rows = tuple(Binding(**row._mapping) for row in result)
+                self._seen = version
+        return [binding for binding in self._rows if binding.platform == platform]
+
+
+async def _version(connection: AsyncConnection) -> int:
+    return int((await connection.exec_driver_sql("PRAGMA user_version")).scalar_one())
+
+
+async def note_change(store: Store, session: AsyncSession) -> None:
+    """Move the binding table's change counter, inside the transaction that changes it."""
+    if store.is_sqlite:
+        version = int((await session.execute(text("PRAGMA user_version"))).scalar_one())
+        # A PRAGMA takes no bound parameters; the value is an int this code computed.
+        await session.execute(text(f"PRAGMA user_version = {(version + 1) % 2**31}"))
+
+
 async def add_binding(store: Store, spec: BindingSpec, *, source: str = "cli") -> Binding:
     """Add a binding, or return the existing one that matches the same chats.
 
@@ -62,10 +104,14 @@ async def add_binding(store: Store, spec: BindingSpec, *, source: str = "cli") -
                              chat_kind=spec.chat_kind, peer_id=spec.peer, group_id=spec.group,
                              persona=spec.persona, note=spec.note, source=source)
             session.add(row)
+            changed = True
         else:
+            changed = (row.persona, row.note) != (spec.persona, spec.note or row.note)
             row.persona = spec.persona
             row.note = spec.note or row.note
         await session.flush()
+        if changed:  # the config's bindings are seeded at every start, mostly unchanged
+            await note_change(store, session)
         return _to_binding(row)
 
 
@@ -82,6 +128,7 @@ async def remove_binding(store: Store, binding_id: int) -> Binding | None:
         if row.source == "config":
             raise ConfigBinding(binding_id)
         await session.delete(row)
+        await note_change(store, session)
         return _to_binding(row)
 
 
@@ -93,8 +140,10 @@ async def seed_bindings(store: Store, specs: tuple[BindingSpec, ...]) -> None:
     """
     kept = {(await add_binding(store, spec, source="config")).id for spec in specs}
     async with store.write() as session:
-        await session.execute(delete(BindingRow).where(BindingRow.source == "config",
-                                                       BindingRow.id.not_in(kept)))
+        result = await session.execute(delete(BindingRow).where(
+            BindingRow.source == "config", BindingRow.id.not_in(kept)))
+        if cast("CursorResult[Any]", result).rowcount:
+            await note_change(store, session)
 
 
 def _same(column: Mapped[str | None], value: str | None) -> ColumnElement[bool]:

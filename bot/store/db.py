@@ -30,11 +30,11 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         parsed = make_url(url)
-        self._is_sqlite = parsed.get_backend_name() == "sqlite"
-        if self._is_sqlite and parsed.database and parsed.database != ":memory:":
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.engine: AsyncEngine = create_async_engine(url)
-        if self._is_sqlite:
+        if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite allows one writer at a time; queueing writers here instead of in SQLite's
@@ -70,7 +70,7 @@ class Store:
         deleted leave no older copy behind in the log. Best effort: while another process
         reads an older snapshot, the log keeps the frames it needs. Other databases: a no-op.
         """
-        if not self._is_sqlite:
+        if not self.is_sqlite:
             return
         async with self._write_lock, self.engine.connect() as connection:
             await connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.events import MessageStatus
 from bot.store.db import Store
-from bot.store.tables import InboxRow, MessageRow, SessionRow, TurnRow, utcnow
+from bot.store.tables import InboxRow, MessageRow, SessionRow, TurnRow, table, utcnow
 
 
 @dataclass(frozen=True)
@@ -130,13 +130,16 @@ async def start_new_session(store: Store, platform: str, chat_id: str, persona: 
 
 
 async def save_turn(store: Store, turn: TurnRecord) -> None:
+    # Statements on the tables themselves, the two messages in one: the ORM's unit of work
+    # would add nothing here but time on every turn.
     async with store.write() as session:
         if turn.status is MessageStatus.ANSWERED and turn.user_text is not None and turn.reply_text:
-            session.add(MessageRow(session_id=turn.session_id, role="user",
-                                   content=turn.user_text, transcribed=turn.user_transcribed))
-            session.add(MessageRow(session_id=turn.session_id, role="assistant",
-                                   content=turn.reply_text))
-        session.add(TurnRow(
+            await session.execute(insert(table(MessageRow)), [
+                {"session_id": turn.session_id, "role": "user", "content": turn.user_text,
+                 "transcribed": turn.user_transcribed},
+                {"session_id": turn.session_id, "role": "assistant", "content": turn.reply_text,
+                 "transcribed": False}])
+        await session.execute(insert(table(TurnRow)).values(
             inbox_id=turn.inbox_id, session_id=turn.session_id, persona=turn.persona,
             model=turn.model, status=turn.status, error=turn.error,
             received_at=turn.received_at, first_token_at=turn.first_token_at,
@@ -148,22 +151,26 @@ async def save_turn(store: Store, turn: TurnRecord) -> None:
             fallback_from=turn.fallback_from,
         ))
         if turn.inbox_id is not None:
-            await session.execute(update(InboxRow).where(InboxRow.id == turn.inbox_id)
+            await session.execute(update(table(InboxRow)).where(InboxRow.id == turn.inbox_id)
                                   .values(state=turn.status, error=turn.error,
                                           updated_at=utcnow()))
 
 
 async def _conversation(session: AsyncSession, row: SessionRow,
                         limit: int) -> Conversation:
-    query = (select(MessageRow)
+    # Plain rows, not ORM objects: up to `limit` of them are read for every turn.
+    query = (select(*_MESSAGE_COLUMNS)
              .where(MessageRow.session_id == row.id, MessageRow.id > row.summary_through)
              .order_by(MessageRow.id.desc()).limit(limit))
-    newest = (await session.scalars(query)).all()
+    newest = (await session.execute(query)).all()
     return Conversation(row.id, row.summary, tuple(_stored(m) for m in reversed(newest)),
                         row.summary_through)
 
 
-def _stored(row: MessageRow) -> StoredMessage:
+_MESSAGE_COLUMNS = (MessageRow.role, MessageRow.content, MessageRow.transcribed, MessageRow.id)
+
+
+def _stored(row: MessageRow | Row[str, str, bool, int]) -> StoredMessage:
     return StoredMessage(row.role, row.content, row.transcribed, row.id)
 
 

@@ -6,13 +6,14 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.events import ChatKind, ImageAttachment, InboundEvent, MessageStatus, VoiceAttachment
 from bot.store.db import Store
-from bot.store.tables import InboxRow, QuarantineRow, utcnow
+from bot.store.tables import InboxRow, QuarantineRow, table, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +23,24 @@ MAX_ATTEMPTS = 3
 
 async def record(store: Store, event: InboundEvent) -> int | None:
     """Store an event; returns its inbox id, or None when this message was seen before."""
-    row = InboxRow(platform=event.platform, chat_id=event.chat_id, message_id=event.message_id,
-                   sender_id=event.sender_id, event=_to_json(event), state=MessageStatus.RECEIVED)
+    # One INSERT on the table itself: the ORM's unit of work would add nothing here but time.
+    insert_row = insert(table(InboxRow)).values(
+        platform=event.platform, chat_id=event.chat_id, message_id=event.message_id,
+        sender_id=event.sender_id, event=_to_json(event), state=MessageStatus.RECEIVED)
     try:
         async with store.write() as session:
-            session.add(row)
+            result = cast("CursorResult[Any]", await session.execute(insert_row))
     except IntegrityError:
         return None
-    return row.id
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 async def mark(store: Store, inbox_id: int, state: MessageStatus,
                error: str | None = None) -> None:
     async with store.write() as session:
-        await session.execute(update(InboxRow).where(InboxRow.id == inbox_id)
+        await session.execute(update(table(InboxRow)).where(InboxRow.id == inbox_id)
                               .values(state=state, error=error, updated_at=utcnow()))
 
 

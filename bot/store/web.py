@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select
 
 from bot.config import BindingSpec
-from bot.store.bindings import add_binding
+from bot.store.bindings import add_binding, note_change
 from bot.store.db import Store
 from bot.store.tables import (
     ApiTokenRow,
@@ -175,6 +175,7 @@ async def revoke_api_token(store: Store, token_id: int) -> ApiToken | None:
         await session.execute(delete(BindingRow).where(
             BindingRow.platform == API_PLATFORM, BindingRow.peer_id == token_peer(token_id),
             BindingRow.source == "token"))
+        await note_change(store, session)
         return _api_token(row)
 
 

@@ -5,17 +5,23 @@ a streaming reply into one voice note, synthesizing each sentence as soon as it 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Iterable
 from difflib import SequenceMatcher
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import VoiceSpec
 from bot.voice.assets import whisper_base_dir
 from bot.voice.queue import AudioQueue
-from bot.voice.stt import Transcriber, Transcript
-from bot.voice.tts import SentenceSplitter, SpokenClip, Synthesizer, encode_clip, speakable
+
+# The speech libraries (NumPy, PyAV: some 30 MB) are imported at the first voice note or
+# spoken reply, not when the service starts: many services never hear one.
+if TYPE_CHECKING:
+    from bot.voice.stt import Transcriber, Transcript
+    from bot.voice.tts import SentenceSplitter, SpokenClip, Synthesizer
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +39,28 @@ class Speech:
 
     def __init__(self, spec: VoiceSpec) -> None:
         self.spec = spec
-        self.transcriber = Transcriber(
-            _model_dir(spec.stt.model), compute_type=spec.stt.compute_type,
-            cpu_threads=spec.stt.threads, language=spec.stt.language,
-            vad_filter=spec.stt.vad_filter) if spec.stt.enabled else None
-        voice = Path(spec.tts.voice).expanduser() if spec.tts.voice else None
-        self.synthesizer = Synthesizer(voice) if spec.tts.enabled else None
         self.queue = AudioQueue(maxsize=spec.queue_size)
         self._loading: list[asyncio.Task[None]] = []
+
+    @functools.cached_property
+    def transcriber(self) -> Transcriber | None:
+        if not self.spec.stt.enabled:
+            return None
+        from bot.voice.stt import Transcriber
+
+        stt = self.spec.stt
+        return Transcriber(_model_dir(stt.model), compute_type=stt.compute_type,
+                           cpu_threads=stt.threads, language=stt.language,
+                           vad_filter=stt.vad_filter)
+
+    @functools.cached_property
+    def synthesizer(self) -> Synthesizer | None:
+        if not self.spec.tts.enabled:
+            return None
+        from bot.voice.tts import Synthesizer
+
+        voice = Path(self.spec.tts.voice).expanduser() if self.spec.tts.voice else None
+        return Synthesizer(voice)
 
     def preload(self) -> None:
         """Start loading the models in the background: the first voice note should not wait."""
@@ -108,9 +128,11 @@ class Speaker:
     """
 
     def __init__(self, synthesizer: Synthesizer, queue: AudioQueue) -> None:
+        from bot.voice.tts import SentenceSplitter
+
         self._synthesizer = synthesizer
         self._queue = queue
-        self._splitter = SentenceSplitter()
+        self._splitter: SentenceSplitter = SentenceSplitter()
         self._pieces: list[Awaitable[bytes]] = []
 
     async def feed(self, text: str) -> None:
@@ -118,6 +140,8 @@ class Speaker:
             await self._say(sentence)
 
     async def _say(self, sentence: str) -> None:
+        from bot.voice.tts import speakable
+
         words = speakable(sentence)
         if words:
             self._pieces.append(await self._queue.submit(
@@ -125,6 +149,8 @@ class Speaker:
 
     async def finish(self) -> SpokenClip | None:
         """The whole reply as one voice note; None when nothing in it could be spoken."""
+        from bot.voice.tts import encode_clip
+
         rest = self._splitter.flush()
         if rest:
             await self._say(rest)

@@ -1,0 +1,127 @@
+"""What the store asks of the database for one plain text turn, statement by statement, and
+the binding cache that spares reading the binding table at every message: a change made by
+this process or by `hearthbot bind` in another one is seen at the next message."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+
+from adapters.console import GUEST, OWNER, ConsoleChat
+from bot.config import BindingSpec
+from bot.events import MessageStatus
+from bot.service import Service
+from bot.store.bindings import add_binding, remove_binding, seed_bindings
+from persona.personas import ADMIN_PROMPT, GUEST_PROMPT
+from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+from tests.support.helpers import sent_messages, until
+from tests.test_cli import hearthbot
+
+
+@contextmanager
+def statements(service: Service) -> Iterator[list[str]]:
+    """Every statement the service's engine sends, each as its verb and first table."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        words = " ".join(statement.split())
+        shape = re.match(r"(PRAGMA \w+( = )?|SELECT .*? FROM \w+|INSERT INTO \w+|UPDATE \w+"
+                         r"|DELETE FROM \w+)", words)
+        seen.append(shape.group(1).strip() if shape else words)
+
+    engine = service.store.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def tables(seen: list[str]) -> list[str]:
+    """SELECT statements by table only (their column lists are the schema's business)."""
+    return [re.sub(r"^SELECT .* FROM ", "SELECT FROM ", s) for s in seen]
+
+
+def console(service: Service, sender: str = GUEST) -> ConsoleChat:
+    return ConsoleChat(service.gateway, sender=sender, out=io.StringIO(), err=io.StringIO())
+
+
+async def test_a_plain_text_turn_is_seven_statements_and_two_after_delivery(ollama_service: Service,
+                                                     fake_ollama: FakeOllama) -> None:
+    fake_ollama.script(ScriptedReply(chunks=("one",)), ScriptedReply(chunks=("two",)))
+    chat = console(ollama_service)
+    keeper = ollama_service.gateway.context
+    await chat.ask("first")  # opens the session and reads the bindings once
+    await until(lambda: not keeper.working, "the first turn's summary check")
+    with statements(ollama_service) as seen:
+        result = await chat.ask("second")
+        await until(lambda: not keeper.working, "the summary check")  # counted too
+    assert result.status is MessageStatus.ANSWERED
+    assert tables(seen) == [
+        "INSERT INTO inbox",            # stored before anything else happens
+        "PRAGMA user_version",          # have the bindings changed? (they have not)
+        "SELECT FROM sessions",         # the open conversation
+        "SELECT FROM messages",         # and its newest messages
+        "INSERT INTO messages",         # the exchange, both messages in one statement
+        "INSERT INTO turns",            # the turn's record
+        "UPDATE inbox",                 # the message is answered
+        "SELECT FROM sessions",         # after delivery: does the next request still fit?
+        "SELECT FROM messages",
+    ]
+
+
+async def test_a_binding_added_or_removed_here_applies_to_the_next_message(
+        ollama_service: Service, fake_ollama: FakeOllama) -> None:
+    chat = console(ollama_service)
+    await chat.ask("who answers?")
+    assert sent_messages(fake_ollama)[0]["content"] == GUEST_PROMPT
+    added = await add_binding(ollama_service.store, BindingSpec(
+        platform="console", persona="admin", chat_kind="dm", peer=GUEST))
+    with statements(ollama_service) as seen:
+        await chat.ask("and now?")
+    assert "SELECT FROM bindings" in tables(seen)  # read again, because it changed
+    assert sent_messages(fake_ollama)[0]["content"] == ADMIN_PROMPT
+    await remove_binding(ollama_service.store, added.id)
+    await chat.ask("and after that?")
+    assert sent_messages(fake_ollama)[0]["content"] == GUEST_PROMPT
+
+
+async def test_bind_and_unbind_from_another_process_apply_to_the_next_message(
+        ollama_service: Service, fake_ollama: FakeOllama, cli_env: dict[str, str]) -> None:
+    chat = console(ollama_service)
+    await chat.ask("who answers?")
+    assert sent_messages(fake_ollama)[0]["content"] == GUEST_PROMPT
+    code, out, err = await hearthbot("bind", "--platform", "console", "--chat-kind", "dm",
+                                     "--peer", GUEST, "--persona", "admin", env=cli_env)
+    assert code == 0, err
+    binding_id = out.split(":", 1)[0].removeprefix("binding ").strip()
+    await chat.ask("and now?")
+    assert sent_messages(fake_ollama)[0]["content"] == ADMIN_PROMPT
+    code, _, err = await hearthbot("unbind", binding_id, env=cli_env)
+    assert code == 0, err
+    await chat.ask("and after that?")
+    assert sent_messages(fake_ollama)[0]["content"] == GUEST_PROMPT
+
+
+async def test_seeding_the_same_config_again_keeps_the_cache(
+        ollama_service: Service, fake_ollama: FakeOllama) -> None:
+    chat = console(ollama_service)
+    await chat.ask("first")
+    config_bindings = ollama_service.config.agents.bindings
+    assert config_bindings  # the owner's
+    await seed_bindings(ollama_service.store, config_bindings)  # as every start does
+    with statements(ollama_service) as seen:
+        await chat.ask("second")
+    assert "SELECT FROM bindings" not in tables(seen)
+    # Seeding a config without them is a change: the owner's binding is gone at once.
+    owner = console(ollama_service, OWNER)
+    await owner.ask("who am I?")
+    assert sent_messages(fake_ollama)[0]["content"] == ADMIN_PROMPT
+    await seed_bindings(ollama_service.store, ())
+    await owner.ask("and now?")
+    assert sent_messages(fake_ollama)[0]["content"] == GUEST_PROMPT
