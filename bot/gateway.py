@@ -257,6 +257,10 @@ class Gateway:
             log.warning("voice note %s in %s chat %s: %s", event.message_id, event.platform,
                         event.chat_id, exc)
             return event, exc.user_message
+        except DeliveryError as exc:  # the platform would not hand the file over: no traceback
+            log.warning("voice note %s in %s chat %s could not be fetched: %s", event.message_id,
+                        event.platform, event.chat_id, exc)
+            return event, NOT_HEARD
         except Exception:
             log.exception("could not fetch or transcribe voice note %s from %s",
                           event.message_id, event.platform)

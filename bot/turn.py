@@ -295,6 +295,10 @@ class Turn:
                 log.info("%s message %s: image %s left out: %s", self.event.platform,
                          self.event.message_id, image.ref, exc)
                 problem = problem or exc.user_message
+            except DeliveryError as exc:  # the platform would not hand the file over
+                log.warning("%s message %s: could not fetch image %s: %s", self.event.platform,
+                            self.event.message_id, image.ref, exc)
+                problem = problem or ImageError.user_message
             except Exception:
                 # The platform could not hand it over (gone, network): said, not raised.
                 log.exception("%s message %s: could not fetch image %s", self.event.platform,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from PIL import Image
 
 from adapters.console import ConsoleChat
 from bot.config import Config
-from bot.errors import ConfigError, ImageTooLarge, ImageUnreadable
+from bot.errors import ConfigError, ImageError, ImageTooLarge, ImageUnreadable
 from bot.events import MessageStatus
 from bot.images import downscale
 from bot.service import Service, open_service
@@ -236,6 +237,21 @@ async def test_a_corrupt_image_gets_a_sentence_the_caption_an_answer_and_nothing
     # And the chat goes on.
     telegram.tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="still there?")
     await until(lambda: len(texts(telegram.tg, STRANGER)) == 3, "the third answer")
+
+
+async def test_a_photo_telegram_will_not_hand_over_is_said_and_the_caption_answered(
+        telegram: Running, caplog: pytest.LogCaptureFixture) -> None:
+    telegram.tg.push_update({"message": {
+        "message_id": 900, "date": int(time.time()), "caption": CAPTION,
+        "chat": {"id": STRANGER, "type": "private", "first_name": "Alice"},
+        "from": {"id": STRANGER, "is_bot": False, "first_name": "Alice"},
+        "photo": [{"file_id": "gone", "file_unique_id": "gone", "width": 90, "height": 90,
+                   "file_size": 900}]}})
+    await until(lambda: texts(telegram.tg, STRANGER), "the answer")
+    await telegram.adapter.idle()
+    assert texts(telegram.tg, STRANGER) == [f"{ImageError.user_message}\n\n{ANSWER}"]
+    refused = [r for r in caplog.records if "could not fetch image" in r.getMessage()]
+    assert refused and all(r.levelname == "WARNING" and r.exc_info is None for r in refused)
 
 
 async def test_a_photo_whose_caption_mentions_the_bot_is_answered_in_a_group(

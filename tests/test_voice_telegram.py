@@ -4,6 +4,7 @@ out as a real voice note. Real piper, real faster-whisper, real python-telegram-
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -127,6 +128,22 @@ async def test_bad_audio_gets_a_plain_answer_and_service_goes_on(running: Runnin
     running.tg.push_text(chat_id=STRANGER, from_id=STRANGER, text="Text still works?")
     await until(lambda: len(texts(running.tg, STRANGER)) == 2)
     assert running.tg.voices_sent == [], "a text question gets a text answer"
+
+
+async def test_a_voice_note_telegram_will_not_hand_over_gets_a_plain_answer(
+        running: Running, caplog: pytest.LogCaptureFixture) -> None:
+    # A file id Telegram no longer knows (expired, or from another bot): getFile is refused.
+    running.tg.push_update({"message": {
+        "message_id": 900, "date": int(time.time()),
+        "chat": {"id": STRANGER, "type": "private", "first_name": "Alice"},
+        "from": {"id": STRANGER, "is_bot": False, "first_name": "Alice"},
+        "voice": {"file_id": "gone", "file_unique_id": "gone", "duration": 2,
+                  "mime_type": "audio/ogg"}}})
+    await until(lambda: texts(running.tg, STRANGER), within=30)
+    assert texts(running.tg, STRANGER) == ["I couldn't make out that voice note."]
+    refused = [r for r in caplog.records if "could not be fetched" in r.getMessage()]
+    assert refused and all(r.levelname == "WARNING" and r.exc_info is None for r in refused)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_in_a_group_a_voice_note_naming_the_bot_counts_as_a_mention(
