@@ -36,6 +36,7 @@ class Store:
         self.engine: AsyncEngine = create_async_engine(url)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            _skip_idle_rollbacks(self.engine)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite allows one writer at a time; queueing writers here instead of in SQLite's
         # busy handler keeps "database is locked" away under concurrent chats.
@@ -90,6 +91,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _skip_idle_rollbacks(engine: AsyncEngine) -> None:
+    """Roll back only a connection that holds a transaction.
+
+    SQLAlchemy rolls back every connection it returns to the pool and every session it closes,
+    and aiosqlite sends each rollback to its own thread and waits for the answer: about 24
+    waits per turn, most of them after a read or a commit, when SQLite holds no transaction
+    and the rollback does nothing. SQLite itself says whether one is open (`in_transaction`
+    reads sqlite3_get_autocommit), so an open one is still always rolled back.
+    """
+    dialect = engine.sync_engine.dialect
+    rollback = dialect.do_rollback
+
+    def rollback_if_open(dbapi_connection: Any) -> None:
+        try:
+            idle = not dbapi_connection.driver_connection.in_transaction
+        except (AttributeError, ValueError):  # detached or closed: the driver's rollback decides
+            idle = False
+        if not idle:
+            rollback(dbapi_connection)
+
+    dialect.do_rollback = rollback_if_open  # type: ignore[method-assign]
 
 
 def _current_revision(connection: Connection) -> str | None:
