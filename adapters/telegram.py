@@ -51,7 +51,6 @@ from adapters.streaming import (
     stream_by_editing,
     stream_by_preview,
 )
-from adapters.telegram_format import to_telegram_html
 from bot.approvals import Question
 from bot.commands import listed
 from bot.config import TelegramChannel
@@ -260,6 +259,9 @@ async def _formatted(attempt: Callable[[str, str | None], Awaitable[T]], text: s
     text as HTML, or plain again if Telegram refuses the HTML."""
     if not final:
         return await attempt(text, None)
+    # The Markdown parser loads with the first final text: an idle service does not hold it.
+    from adapters.telegram_format import to_telegram_html
+
     try:
         return await attempt(to_telegram_html(text), ParseMode.HTML)
     except FormattingRejected as exc:
@@ -283,6 +285,8 @@ class TelegramChat:
     def final_differs(self, shown: str, final: str) -> bool:
         # Progress goes out as plain text and the final text as HTML: a final edit is needed
         # when the text changed, or when its HTML shows more than the plain text did.
+        from adapters.telegram_format import to_telegram_html
+
         return shown != final or to_telegram_html(final) != html.escape(final, quote=False)
 
     async def send(self, text: str, final: bool) -> int:

@@ -333,7 +333,7 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
     from adapters import build_adapters
     from bot.service import open_service, serve_platforms
 
-    async with open_service(config) as service:
+    async with open_service(config, migrate_apart=True) as service:
         try:
             seconds = await service.models.start()
         except ProviderError as exc:

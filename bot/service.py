@@ -48,11 +48,12 @@ class Service:
 
 
 @asynccontextmanager
-async def open_store(config: Config) -> AsyncIterator[Store]:
-    """The migrated store with the config's bindings present."""
+async def open_store(config: Config, *, migrate_apart: bool = False) -> AsyncIterator[Store]:
+    """The migrated store with the config's bindings present. `migrate_apart`: see
+    Store.migrate."""
     store = Store(config.store_url())
     try:
-        await store.migrate()
+        await store.migrate(apart=migrate_apart)
         await seed_bindings(store, config.agents.bindings)
         yield store
     finally:
@@ -60,9 +61,11 @@ async def open_store(config: Config) -> AsyncIterator[Store]:
 
 
 @asynccontextmanager
-async def open_service(config: Config, *, voice: bool = True) -> AsyncIterator[Service]:
-    """Everything a turn needs. `voice=False` (the terminal chat) skips loading speech models."""
-    async with open_store(config) as store:
+async def open_service(config: Config, *, voice: bool = True,
+                       migrate_apart: bool = False) -> AsyncIterator[Service]:
+    """Everything a turn needs. `voice=False` (the terminal chat) skips loading speech models;
+    `migrate_apart` (the long-running service) keeps Alembic out of this process."""
+    async with open_store(config, migrate_apart=migrate_apart) as store:
         models = ModelHost(config)
         speech = None
         if voice:

@@ -6,11 +6,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
+import sqlite3
 import sys
 from pathlib import Path
 
+from bot import control
+from bot.store.db import SCHEMA_HEAD
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+from tests.fakes.telegram import FakeTelegram
+from tests.support.helpers import until
 from tests.test_cli import write_config
+from tests.test_lifecycle import config_file
 
 # Runs `bot.cli` as `python -m` would, then writes the names of every module loaded.
 _REPORTING_MAIN = """
@@ -63,3 +70,31 @@ async def test_a_terminal_turn_loads_only_the_store_and_the_http_client(
     loaded = await loaded_modules(tmp_path, cli_env, "--config", config, "chat", "--once", "hi")
     assert {"sqlalchemy", "httpx"} <= loaded
     assert loaded & set(NOT_FOR_A_TERMINAL_TURN) == set()
+
+
+async def test_an_idle_service_holds_neither_alembic_nor_the_markdown_parser(
+        tmp_path: Path, fake_tg: FakeTelegram, fake_ollama: FakeOllama,
+        cli_env: dict[str, str], data_dir: Path) -> None:
+    """`hearthbot run` on a new database: the migration ran in a child process, and the
+    Markdown parser waits for the first reply's final text."""
+    report = tmp_path / "modules-run.json"
+    env = {**cli_env, "TELEGRAM_BOT_TOKEN": fake_tg.token,
+           "HEARTHBOT_CONFIG": config_file(tmp_path, fake_ollama, fake_tg)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _REPORTING_MAIN, str(report), "run", env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    sock = control.socket_path(data_dir)
+    try:
+        await until(lambda: fake_tg.calls_to("getUpdates") and sock.exists(),
+                    "the service serving", within=60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    loaded = {name.split(".")[0] for name in json.loads(report.read_text())}
+    assert {"telegram", "sqlalchemy"} <= loaded
+    assert loaded & {"alembic", "markdown_it"} == set()
+    with sqlite3.connect(data_dir / "hearthbot.db") as db:  # migrated all the same
+        assert db.execute("select version_num from alembic_version").fetchall() == [
+            (SCHEMA_HEAD,)]

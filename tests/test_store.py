@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text, update
 
+from bot.errors import StoreError
 from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.store import Store, inbox
 from bot.store.db import SCHEMA_HEAD
@@ -24,6 +26,7 @@ from bot.store.retention import Removed, forget_chat, prune_history
 from bot.store.tables import InboxRow, MessageRow, SessionRow, TurnRow, utcnow
 from tests.support.helpers import converse, make_config
 
+REPO = Path(__file__).resolve().parents[1]
 TABLES = {"bindings", "sessions", "messages", "inbox", "turns", "pairing_codes",
           "pairing_attempts", "quarantine", "tool_calls", "alembic_version"}
 
@@ -76,6 +79,43 @@ async def test_unanswered_events_survive_a_restart(data_dir: Path) -> None:
     assert pending[0].event.text == "hello" and pending[0].sent == ()
 
 
+async def test_a_migration_apart_leaves_alembic_out_of_the_process(data_dir: Path) -> None:
+    """The long-running service migrates in a child: Alembic never loads in the service."""
+    url = make_config(data_dir).store_url()
+    script = ("import asyncio, sys\n"
+              "from bot.store import Store\n"
+              "async def main():\n"
+              "    store = Store(sys.argv[1])\n"
+              "    await store.migrate(apart=True)\n"
+              "    await store.close()\n"
+              "asyncio.run(main())\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, url, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=REPO)
+    out, err = await child.communicate()
+    assert child.returncode == 0, err.decode()
+    assert out.decode().strip() == "[]"
+    path = url.split("///", 1)[1]
+    with sqlite3.connect(path) as db:
+        assert db.execute("select version_num from alembic_version").fetchall() == [
+            (SCHEMA_HEAD,)]
+        names = {row[0] for row in db.execute("select name from sqlite_master "
+                                              "where type = 'table'")}
+    assert names >= TABLES
+
+
+async def test_a_migration_apart_that_fails_says_why(data_dir: Path) -> None:
+    url = make_config(data_dir).store_url()
+    store = Store(url)
+    async with store.engine.begin() as connection:  # a revision this checkout does not know
+        await connection.execute(text("create table alembic_version (version_num text)"))
+        await connection.execute(text("insert into alembic_version values ('9999')"))
+    with pytest.raises(StoreError, match=r"could not prepare the database .*9999"):
+        await store.migrate(apart=True)
+    await store.close()
+
+
 def test_schema_head_constant_matches_the_migrations() -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
@@ -87,9 +127,10 @@ def test_schema_head_constant_matches_the_migrations() -> None:
     assert ScriptDirectory.from_config(config).get_heads() == [SCHEMA_HEAD]
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["here", "apart"])
 @pytest.mark.parametrize("previous", ["0001", "0002"])
-async def test_upgrade_from_a_previous_version_keeps_the_data(data_dir: Path,
-                                                              previous: str) -> None:
+async def test_upgrade_from_a_previous_version_keeps_the_data(data_dir: Path, previous: str,
+                                                              apart: bool) -> None:
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
@@ -115,7 +156,7 @@ async def test_upgrade_from_a_previous_version_keeps_the_data(data_dir: Path,
     await store.close()
 
     upgraded = Store(url)
-    await upgraded.migrate()
+    await upgraded.migrate(apart=apart)
     assert await inbox.state_of(upgraded, "telegram", "1", "41") == MessageStatus.RECEIVED
     assert await inbox.record(upgraded, _event("41")) is None
     [pending] = await inbox.unanswered(upgraded, "telegram")

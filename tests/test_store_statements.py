@@ -10,13 +10,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event
+import aiosqlite
+import pytest
+from sqlalchemy import event, func, select, text
 
 from adapters.console import GUEST, OWNER, ConsoleChat
 from bot.config import BindingSpec
-from bot.events import MessageStatus
+from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.service import Service
+from bot.store import Store, inbox
 from bot.store.bindings import add_binding, remove_binding, seed_bindings
+from bot.store.tables import InboxRow
 from persona.personas import ADMIN_PROMPT, GUEST_PROMPT
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.support.helpers import sent_messages, until
@@ -40,6 +44,21 @@ def statements(service: Service) -> Iterator[list[str]]:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+@contextmanager
+def driver_rollbacks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
+    """Every rollback that reaches the SQLite driver (each one a wait on aiosqlite's thread),
+    with whether SQLite held a transaction to roll back."""
+    seen: list[bool] = []
+    rollback = aiosqlite.Connection.rollback
+
+    async def counted(self: aiosqlite.Connection) -> None:
+        seen.append(self.in_transaction)
+        await rollback(self)
+
+    monkeypatch.setattr(aiosqlite.Connection, "rollback", counted)
+    yield seen
 
 
 def tables(seen: list[str]) -> list[str]:
@@ -125,3 +144,44 @@ async def test_seeding_the_same_config_again_keeps_the_cache(
     await seed_bindings(ollama_service.store, ())
     await owner.ask("and now?")
     assert sent_messages(fake_ollama)[0]["content"] == GUEST_PROMPT
+
+
+async def test_a_plain_text_turn_waits_for_no_rollback(
+        ollama_service: Service, fake_ollama: FakeOllama,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_ollama.script(ScriptedReply(chunks=("one",)), ScriptedReply(chunks=("two",)))
+    chat = console(ollama_service)
+    keeper = ollama_service.gateway.context
+    await chat.ask("first")
+    await until(lambda: not keeper.working, "the first turn's summary check")
+    with driver_rollbacks(monkeypatch) as rolled_back, statements(ollama_service) as seen:
+        result = await chat.ask("second")
+        await until(lambda: not keeper.working, "the summary check")
+    assert result.status is MessageStatus.ANSWERED
+    assert len(seen) == 9  # the statements still ran, each in its own checkout
+    # Reads and committed writes leave SQLite without a transaction: nothing to roll back.
+    assert rolled_back == []
+
+
+async def test_a_transaction_left_open_is_still_rolled_back(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert await inbox.record(store, _event("kept")) is not None
+    with driver_rollbacks(monkeypatch) as rolled_back:
+        with pytest.raises(RuntimeError):
+            async with store.write() as session:
+                await session.execute(text("DELETE FROM inbox"))
+                raise RuntimeError("the caller fails halfway")
+        async with store.engine.connect() as connection:  # closed without a commit
+            await connection.execute(text("DELETE FROM inbox"))
+        async with store.read() as session:
+            count = (await session.execute(select(func.count()).select_from(InboxRow))).scalar()
+    # Both connections held a transaction, and both reached the driver; the read did not.
+    assert rolled_back == [True, True]
+    assert count == 1
+    # Each connection went back to the pool clean: the next writer is not refused.
+    assert await inbox.record(store, _event("next")) is not None
+
+
+def _event(message_id: str) -> InboundEvent:
+    return InboundEvent(platform="telegram", chat_id="1", chat_kind=ChatKind.DM, sender_id="1",
+                        sender_name="a", message_id=message_id, text="hello")
