@@ -419,12 +419,19 @@ class TelegramAdapter:
                     await self._intake.drain(self.stop_seconds)
                 else:
                     await self._intake.close()
-                if self._offset is not None:
-                    # Acknowledge what was stored, so a restart is not sent it again; anything
-                    # unanswered is resumed from the inbox.
-                    with contextlib.suppress(TelegramError):
-                        await bot.get_updates(offset=self._offset, timeout=0)
+                await self._acknowledge(bot)
                 await bot.shutdown()
+
+    async def _acknowledge(self, bot: Bot) -> None:
+        """Tell Telegram what was stored, so a restart is not sent it again; anything
+        unanswered is resumed from the inbox. Raw, so that an unreadable update still waiting
+        cannot make the acknowledgement fail."""
+        if self._offset is None:
+            return
+        with warnings.catch_warnings(), contextlib.suppress(TelegramError):
+            warnings.simplefilter("ignore", PTBUserWarning)
+            await bot.do_api_request("getUpdates", api_kwargs={
+                "offset": self._offset, "limit": 1, "timeout": 0})
 
     async def _prepare(self, bot: Bot) -> None:
         await bot.delete_webhook(drop_pending_updates=False)
@@ -500,12 +507,14 @@ class TelegramAdapter:
         if isinstance(update, _Unreadable):
             await self._intake.quarantine(f"update {update_id}", update.payload, update.problem)
             return
-        if update.callback_query is not None:
-            await self._pressed(bot, update.callback_query)
-            return
         try:
+            if update.callback_query is not None:
+                await self._pressed(bot, update.callback_query)
+                return
             event = to_event(update, bot.bot, self._fetch_file, self.gateway.images.max_bytes)
         except Exception as exc:
+            # The library parses loosely (a float where a string belongs gets through): one
+            # update we cannot make sense of is set aside, never a reason to stop polling.
             await self._intake.quarantine(f"update {update_id}", update.to_dict(), exc)
             return
         if event is not None:
@@ -562,7 +571,8 @@ class TelegramAdapter:
         """A press on an approval button: it counts only from the owner the question went to,
         and only while the question is open. Every press is answered, so the button stops
         spinning."""
-        kind, _, rest = (query.data or "").partition(":")
+        data = query.data if isinstance(query.data, str) else ""
+        kind, _, rest = data.partition(":")
         token, _, choice = rest.rpartition(":")
         question = self._questions.get(token) if kind == APPROVAL_DATA else None
         if question is None or question.answer.done() or choice not in (YES, NO):

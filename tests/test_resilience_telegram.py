@@ -56,6 +56,9 @@ def poison_updates() -> list[dict[str, object]]:
                   "allows_multiple_answers": False}},
         {"message": {**message, "chat": {"id": "not-a-number", "type": "private"}}},
         {"message": {**message, "from": {"id": STRANGER}}},
+        # One the library reads without complaint, with a number where button data belongs.
+        {"callback_query": {"id": "q1", "chat_instance": "i", "data": 1.5,
+                            "from": {"id": STRANGER, "is_bot": False, "first_name": "Sam"}}},
     ]
 
 
