@@ -35,6 +35,9 @@ Handle = TypeVar("Handle")
 Sent_co = TypeVar("Sent_co", covariant=True)
 
 TYPING_REFRESH_SECONDS = 4.0  # chat actions fade after about 5 s
+# Telegram asks for a chat action only when an answer takes a noticeable time: a reply that is
+# already showing needs none, and each one skipped is a request the rate limit keeps.
+TYPING_AFTER_SECONDS = 0.1
 FINAL_ATTEMPTS = 8
 
 
@@ -137,6 +140,7 @@ async def typing_while(action: Callable[[], Awaitable[object]] | None) -> AsyncI
         return
 
     async def refresh() -> None:
+        await asyncio.sleep(TYPING_AFTER_SECONDS)
         while True:
             with contextlib.suppress(DeliveryError):
                 await action()

@@ -335,7 +335,8 @@ async def test_resumed_voice_message_is_fetched_again(
 async def test_streaming_edits_in_order_at_the_configured_floor(
         fake_discord: FakeDiscord, service: Service, fake_ollama: FakeOllama) -> None:
     words = ("Counting", *(f" {n}" for n in range(1, 16)))
-    fake_ollama.script(ScriptedReply(chunks=words, first_token_delay=0.2, token_delay=0.05))
+    # Long enough to think that typing shows (it waits a moment: an instant answer needs none).
+    fake_ollama.script(ScriptedReply(chunks=words, first_token_delay=0.5, token_delay=0.05))
     fake_discord.edit_floor = EDIT_INTERVAL  # the fake answers 429 to anything closer than this
     async with serving(service):
         msg = fake_discord.dm(author_id=STRANGER_ID, author_name="s", content="count to fifteen")
