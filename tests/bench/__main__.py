@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         module = importlib.import_module(f"tests.bench.{name}")
         result = asyncio.run(module.run(args.quick))
+        if result.chart is not None:
+            drawn = result.chart(args.results.parent)
+            result.notes.append(f"chart: {drawn}")
         print()
         print(render(result))
         print(f"  ({time.monotonic() - began:.0f} s)", flush=True)

@@ -51,6 +51,8 @@ class Result:
     rows: list[Sequence[object]] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Draws the benchmark's chart into the folder the results go to, if it has one.
+    chart: Callable[[Path], Path] | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
 
 from tests.bench.bench_core import once_wall
 from tests.bench.common import (
-    RESULTS,
     VISIBLE,
     Result,
     first_text_call,
@@ -126,8 +126,7 @@ async def run(quick: bool) -> Result:
                         "backend's time)")
     result.notes.append("drafts unpaced (draft_interval 0); each run a new DM; one process "
                         "holds the fakes and the gateway")
-    chart(spreads, RESULTS / "latency.png")
-    result.notes.append(f"chart: {RESULTS.name}/latency.png")
+    result.chart = partial(chart, spreads)
     return result
 
 
@@ -137,8 +136,8 @@ def _ratio(gateway: list[float], raw: list[float]) -> float:
     return median(gateway) / median(raw)
 
 
-def chart(figures: dict[str, dict[str, float | int]], path: Path) -> None:
-    """Percentiles of the three latencies, side by side, as a small PNG."""
+def chart(figures: dict[str, dict[str, float | int]], folder: Path) -> Path:
+    """Percentiles of the three latencies, side by side, as a small PNG in `folder`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,9 +160,11 @@ def chart(figures: dict[str, dict[str, float | int]], path: Path) -> None:
     ax.legend(fontsize=7, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "latency.png"
     fig.savefig(path)
     plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
