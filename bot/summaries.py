@@ -64,6 +64,9 @@ SUMMARY_PARAMS = GenerationParams(temperature=0.2, think=False)
 # After a failed summary the next attempt waits 0, 1, 3, 7, then 15 turns: a model that is
 # down is asked again now and then, never in a loop.
 MAX_WAIT_TURNS = 15
+# Below this share of the threshold, by the turn's own estimate, a session is not counted again:
+# the estimate can be off, never by half.
+FAR_BELOW = 0.5
 FOLD_BATCH = 100  # messages read from the store per summarizing request, at most
 
 # Runs a write to its end even if the task awaiting it is cancelled (the gateway's shield).
@@ -158,10 +161,16 @@ class ContextKeeper:
             if lane.replies == 0:
                 lane.idle.set()
 
-    def after_turn(self, job: Job) -> None:
+    def after_turn(self, job: Job, window: Window, size_at_most: int | None) -> None:
         """A reply was delivered in this session: summarize it in the background if the next
-        request would be too full (unless an earlier failure says to wait a few turns)."""
+        request would be too full (unless an earlier failure says to wait a few turns).
+
+        `size_at_most` is the turn's own estimate of the session's size, when it has one: far
+        below the threshold, the session is not loaded and counted again just to learn that."""
         if self._closed:
+            return
+        threshold = self.spec.summarize_at * window.budget
+        if size_at_most is not None and size_at_most < FAR_BELOW * threshold:
             return
         backoff = self._backoff.get(job.session_id)
         if backoff is not None and backoff.wait_turns > 0:

@@ -155,7 +155,7 @@ class Turn:
             await self._speak(deliver_voice)
         if self.status is MessageStatus.ANSWERED:
             self.context.after_turn(Job(conversation.session_id, self.target, self.persona,
-                                        tools))
+                                        tools), window, self._session_size())
         result = TurnResult(self.status, self.first_token_seconds,
                             time.perf_counter() - self.started, self._completion_tokens)
         log.info("%s turn in %s chat %s: persona=%s model=%s first token %s s, %.2f s in all, "
@@ -164,6 +164,16 @@ class Turn:
                  f"{self.first_token_seconds:.2f}" if self.first_token_seconds is not None
                  else "-", result.total_seconds or 0.0, result.completion_tokens)
         return result
+
+    def _session_size(self) -> int | None:
+        """The session's size in tokens after this turn, estimated from the request just sent
+        and its reply; None when only loading the session can tell (history left out of the
+        request, or tool results added to it)."""
+        prompt = self.prompt
+        if prompt is None or prompt.left_out or prompt.summary_dropped or self.agent.run.calls:
+            return None
+        reply = prompt_window.estimate_tokens("".join(self.pieces))
+        return prompt.tokens + prompt_window.MESSAGE_OVERHEAD_TOKENS + reply
 
     def _learn(self, window: prompt_window.Window) -> None:
         """Once per turn: what the backend counted for the first request corrects the guard's
