@@ -393,7 +393,11 @@ class TelegramAdapter:
             bot_token(PLATFORM, self.channel.token, "TELEGRAM_BOT_TOKEN"),
             base_url=self.channel.api_base_url,
             base_file_url=self.channel.file_base_url,
-            request=HTTPXRequest(connection_pool_size=32, read_timeout=30.0),
+            # More chats answering at once than there are connections wait their turn for one:
+            # a request still waiting was never sent, so giving up on it (the library's 1 s)
+            # would only fail a reply the platform would have taken. The read timeout bounds
+            # how long any connection stays taken.
+            request=HTTPXRequest(connection_pool_size=32, read_timeout=30.0, pool_timeout=None),
             # A long poll must outlast the server's own wait, or every quiet poll times out.
             get_updates_request=HTTPXRequest(read_timeout=poll_timeout + 10.0),
         )

@@ -110,12 +110,12 @@ async def test_a_formatted_group_reply_gets_its_final_edit(running: Running) -> 
     assert edit.params["parse_mode"] == "HTML" and "<b>bold</b>" in str(edit.params["text"])
 
 
-async def _settled(service: Service, chat: int) -> MessageStatus:
+async def _settled(service: Service, chat: int, within: float = 15) -> MessageStatus:
     async def state() -> MessageStatus | None:
         rows = db_rows(service, f"select state from inbox where chat_id = '{chat}'")
         return MessageStatus(str(rows[-1][0])) if rows else None
 
-    deadline = asyncio.get_running_loop().time() + 15
+    deadline = asyncio.get_running_loop().time() + within
     while (current := await state()) in (None, MessageStatus.RECEIVED):
         assert asyncio.get_running_loop().time() < deadline, "the turn was never recorded"
         await asyncio.sleep(0.01)
@@ -137,6 +137,21 @@ def adapter_for(service: Service) -> TelegramAdapter:
     assert service.config.channels.telegram is not None
     return TelegramAdapter(service.config.channels.telegram, service.gateway,
                            stop_seconds=10.0)
+
+
+async def test_more_chats_at_once_than_connections_all_get_their_answer(
+        running: Running, caplog: pytest.LogCaptureFixture) -> None:
+    # A slow link: every draft and message takes a second and a half, while 48 people write
+    # at once: more requests than the client has connections are waiting at the same time.
+    running.tg.delays.update(sendMessageDraft=1.5, sendMessage=1.5)
+    chats = range(STRANGER, STRANGER + 48)
+    for chat in chats:
+        running.tg.push_text(chat_id=chat, from_id=chat, text="hello?")
+    for chat in chats:
+        assert await _settled(running.service, chat, within=120) is MessageStatus.ANSWERED
+    assert all(texts(running.tg, chat) == ["Hello there."] for chat in chats)
+    # Waiting for a free connection is not a failure of the platform: nothing was retried.
+    assert "Pool timeout" not in caplog.text
 
 
 async def test_a_reply_cut_off_by_a_crash_is_replaced_not_left_truncated(

@@ -341,6 +341,7 @@ class FakeTelegram(FakeServer):
         self._last_text_at: dict[int, float] = {}
         self._failures: dict[str, deque[ApiError]] = {}
         self._drops: dict[str, int] = {}
+        self.delays: dict[str, float] = {}  # method → seconds each call takes, as a slow link
         self._commands: dict[str, list[Json]] = {}
         self._next_query_id = 1
         self._queries: set[str] = set()  # pressed, not answered yet
@@ -536,6 +537,8 @@ class FakeTelegram(FakeServer):
             failures = self._failures.get(name)
             if failures:
                 raise failures.popleft()
+            if name in self.delays:
+                await asyncio.sleep(self.delays[name])
             body: Json = {"ok": True, "result": await handler(params, files)}
             call.status = 200
         except ApiError as exc:
