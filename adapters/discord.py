@@ -148,6 +148,8 @@ def _images(message: discord.Message) -> tuple[ImageAttachment, ...]:
 
 
 async def _download(attachment: discord.Attachment) -> bytes:
+    if not isinstance(attachment.url, str):  # discord.py takes the payload's field as it is
+        raise DeliveryError(f"attachment {attachment.id} has no URL to fetch it from")
     return await _translated(attachment.read())
 
 

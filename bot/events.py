@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,15 @@ async def _not_fetchable() -> bytes:
     raise LookupError("this attachment's bytes were not kept; the adapter must fetch it again")
 
 
+def _check_file(mime_type: object, ref: object) -> None:
+    """What every attachment needs to be fetched and told apart: a media type and a handle."""
+    if not isinstance(mime_type, str):
+        raise ValueError(f"an attachment's media type must be a string, not "
+                         f"{type(mime_type).__name__}")
+    if not isinstance(ref, str) or not ref:
+        raise ValueError("an attachment needs a non-empty string as its reference")
+
+
 @dataclass(frozen=True)
 class VoiceAttachment:
     """A voice note or audio file; the bytes are fetched only when needed.
@@ -53,6 +63,15 @@ class VoiceAttachment:
     ref: str
     fetch: Callable[[], Awaitable[bytes]] = field(default=_not_fetchable, repr=False,
                                                   compare=False)
+
+    def __post_init__(self) -> None:
+        _check_file(self.mime_type, self.ref)
+        duration = self.duration
+        if isinstance(duration, bool) or not isinstance(duration, int | float) \
+                or not math.isfinite(duration) or duration < 0:
+            raise ValueError(f"a voice note's duration must be a number of seconds, not "
+                             f"{type(duration).__name__}")
+        object.__setattr__(self, "duration", float(duration))
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,13 @@ class ImageAttachment:
     ref: str
     fetch: Callable[[], Awaitable[bytes]] = field(default=_not_fetchable, repr=False,
                                                   compare=False)
+
+    def __post_init__(self) -> None:
+        _check_file(self.mime_type, self.ref)
+        if self.size is not None and (isinstance(self.size, bool)
+                                      or not isinstance(self.size, int) or self.size < 0):
+            raise ValueError(f"an image's size must be a number of bytes, not "
+                             f"{type(self.size).__name__}")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from bot.voice.tts import SpokenClip, Synthesizer
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.support.discord import STRANGER_ID, serving, settled
-from tests.support.helpers import ollama_config, until
+from tests.support.helpers import db_rows, ollama_config, until
 from tests.support.voice import ANSWER, QUESTION, heard
 
 VOICE_FLAG = 1 << 13
@@ -71,6 +72,30 @@ async def test_voice_message_in_gets_a_spoken_voice_message_out(
     assert abs(info.duration - float(attachment["duration_secs"])) < 0.5
     back = await Transcriber().transcribe(audio)
     assert heard(back.text, "sunny", "warm", "sunglasses", "walk", "river") >= 3, back.text
+
+
+async def test_malformed_voice_attachments_are_set_aside_or_said_never_a_traceback(
+        fake_discord: FakeDiscord, fake_ollama: FakeOllama, voice_service: Service,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with serving(voice_service):
+        channel = fake_discord.dm_channel_id(STRANGER_ID)
+        # A duration that is no number: the message cannot be read, so it is quarantined.
+        odd = fake_discord.add_attachment(b"OggS", "voice-message.ogg", "audio/ogg",
+                                          duration_secs=2.0, waveform="AAAA")
+        unreadable = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger",
+                                     content="", attachments=[{**odd, "duration_secs": [2]}])
+        # A URL that is no string: the note cannot be fetched, and the person is told so.
+        no_url = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger", content="",
+                                 attachments=[{**odd, "url": 5}])
+        assert await settled(voice_service, no_url) == MessageStatus.FAILED
+        text = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger",
+                               content="and text?")
+        assert await settled(voice_service, text) == MessageStatus.ANSWERED
+    replies = [m["content"] for m in fake_discord.messages_in(channel) if m["author"]["bot"]]
+    assert replies == ["I couldn't make out that voice note.", "Hello there."]
+    assert (f"message {unreadable['id']}",) in db_rows(voice_service,
+                                                      "select ref from quarantine")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_a_corrupt_voice_message_gets_a_plain_answer(
