@@ -76,7 +76,7 @@ def _direct(llm: Any, question: str, params: GenerationParams, max_tokens: int
 async def run(quick: bool) -> Result:
     from llama_cpp import Llama
 
-    runs, max_tokens = (2, 32) if quick else (8, 128)
+    runs, max_tokens = (2, 32) if quick else (16, 128)
     config = parse_config({"data_dir": tempfile.mkdtemp(prefix="hearthbot-bench-")})
     provider_name, spec, model = config.resolve_model(None)
     if spec.type != "embedded":
