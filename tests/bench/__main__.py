@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"tests.bench.{name}")
         result = asyncio.run(module.run(args.quick))
         if result.chart is not None:
-            drawn = result.chart(args.results.parent)
-            result.notes.append(f"chart: {drawn}")
+            drawn = result.chart(args.results.parent).resolve()
+            shown = drawn.relative_to(Path.cwd()) if drawn.is_relative_to(Path.cwd()) else drawn
+            result.notes.append(f"chart: {shown}")
         print()
         print(render(result))
         print(f"  ({time.monotonic() - began:.0f} s)", flush=True)
