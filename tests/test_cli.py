@@ -10,17 +10,8 @@ from pathlib import Path
 
 from bot.service import open_store
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+from tests.support.cli import hearthbot
 from tests.support.helpers import converse, make_config
-
-
-async def hearthbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL)
-    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def write_config(tmp_path: Path, base_url: str) -> str:

@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import plistlib
 import shutil
-import signal
 import socket
 import stat
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,19 +19,11 @@ import pytest
 from bot import control
 from tests.fakes.llm_backends import FakeOllama
 from tests.fakes.telegram import FakeTelegram
+from tests.support.cli import hearthbot, hearthbot_run
 from tests.support.helpers import until
 from tests.support.telegram import STRANGER, texts
 
 SMALL, BIG = "llama3.2:3b", "qwen3:8b"
-
-
-async def hearthbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def config_file(tmp_path: Path, fake_llm: FakeOllama, fake_tg: FakeTelegram | None = None,
@@ -68,19 +57,8 @@ async def service(tmp_path: Path, fake_tg: FakeTelegram, fake_two: FakeOllama,
     """`hearthbot run` in its own process, serving Telegram; yields the CLI environment."""
     env = {**cli_env, "TELEGRAM_BOT_TOKEN": fake_tg.token,
            "HEARTHBOT_CONFIG": config_file(tmp_path, fake_two, fake_tg)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "run", env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    sock = control.socket_path(data_dir)
-    try:
-        await until(lambda: fake_tg.calls_to("getUpdates") and sock.exists(),
-                    "the service serving", within=60)
+    async with hearthbot_run(env, fake_tg, data_dir):
         yield env
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, err.decode()
-    assert not sock.exists(), "the socket is removed at exit"
 
 
 async def test_status_switch_and_answer_against_the_running_service(

@@ -19,8 +19,7 @@ from typing import Any, Literal
 
 import pytest
 
-from adapters.telegram import TelegramAdapter
-from bot.config import BindingSpec, Config, GenerationParams, ModelSpec, ProviderSpec
+from bot.config import Config, GenerationParams, ModelSpec, ProviderSpec
 from bot.providers import (
     ChatMessage,
     Delta,
@@ -33,7 +32,6 @@ from bot.providers import (
 )
 from bot.providers.thinking import ThinkTagSplitter
 from bot.service import Service, open_service
-from bot.store.bindings import add_binding
 from bot.turn import CUT_MARKER, THOUGHT_CUT_REPLY
 from bot.voice.stt import Transcriber
 from tests.fakes.discord import FakeDiscord
@@ -41,7 +39,7 @@ from tests.fakes.llm_backends import FakeOllama, FakeOpenAI, ScriptedReply, Tool
 from tests.fakes.telegram import FakeTelegram
 from tests.support.discord import STRANGER_ID, bot_messages, serving, settled
 from tests.support.helpers import db_rows, make_config, until
-from tests.support.telegram import OWNER, STRANGER, texts
+from tests.support.telegram import OWNER, STRANGER, polling, texts
 from tests.support.voice import heard
 
 Fake = FakeOllama | FakeOpenAI
@@ -295,18 +293,8 @@ def reasoning_config(data_dir: Path, tg: FakeTelegram, llm: Fake, *, think: bool
 @asynccontextmanager
 async def telegram_chat(config: Config, tg: FakeTelegram, llm: Fake,
                         voice: bool = False) -> AsyncIterator[Chat]:
-    async with open_service(config, voice=voice) as service:
-        await add_binding(service.store, BindingSpec(
-            persona="admin", platform="telegram", chat_kind="dm", peer=str(OWNER)))
-        assert config.channels.telegram is not None
-        adapter = TelegramAdapter(config.channels.telegram, service.gateway)
-        task = asyncio.create_task(adapter.serve())
-        await asyncio.wait_for(adapter.ready.wait(), 10)
-        try:
-            yield Chat(service, tg, llm)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    async with polling(config, voice) as (service, _adapter):
+        yield Chat(service, tg, llm)
 
 
 def record_speech(service: Service, spoken: list[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,14 @@ class Running:
 
 async def start(config: Config, fake_tg: FakeTelegram, fake_ollama: FakeOllama,
                 voice: bool = False) -> AsyncIterator[Running]:
+    async with polling(config, voice) as (service, adapter):
+        yield Running(service, adapter, fake_tg, fake_ollama)
+
+
+@asynccontextmanager
+async def polling(config: Config, voice: bool = False) -> AsyncIterator[
+        tuple[Service, TelegramAdapter]]:
+    """The service with the owner bound in their DM, and its Telegram adapter polling."""
     async with open_service(config, voice=voice) as service:
         await add_binding(service.store, BindingSpec(
             persona="admin", platform="telegram", chat_kind="dm", peer=str(OWNER)))
@@ -54,7 +63,7 @@ async def start(config: Config, fake_tg: FakeTelegram, fake_ollama: FakeOllama,
         task = asyncio.create_task(adapter.serve())
         await asyncio.wait_for(adapter.ready.wait(), 10)
         try:
-            yield Running(service, adapter, fake_tg, fake_ollama)
+            yield service, adapter
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
