@@ -64,8 +64,9 @@ SUMMARY_PARAMS = GenerationParams(temperature=0.2, think=False)
 # After a failed summary the next attempt waits 0, 1, 3, 7, then 15 turns: a model that is
 # down is asked again now and then, never in a loop.
 MAX_WAIT_TURNS = 15
-# Below this share of the threshold, by the turn's own estimate, a session is not counted again:
-# the estimate can be off, never by half.
+# Below this share of the threshold, by the turn's own count, a session is not read back to be
+# counted again. The turn counts the way the summarizer does, except its reply, which the
+# backend's tokenizer has not seen: the margin is for that.
 FAR_BELOW = 0.5
 FOLD_BATCH = 100  # messages read from the store per summarizing request, at most
 

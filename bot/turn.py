@@ -155,7 +155,7 @@ class Turn:
             await self._speak(deliver_voice)
         if self.status is MessageStatus.ANSWERED:
             self.context.after_turn(Job(conversation.session_id, self.target, self.persona,
-                                        tools), window, self._session_size())
+                                        tools), window, self._session_size(window))
         result = TurnResult(self.status, self.first_token_seconds,
                             time.perf_counter() - self.started, self._completion_tokens)
         log.info("%s turn in %s chat %s: persona=%s model=%s first token %s s, %.2f s in all, "
@@ -165,14 +165,14 @@ class Turn:
                  else "-", result.total_seconds or 0.0, result.completion_tokens)
         return result
 
-    def _session_size(self) -> int | None:
-        """The session's size in tokens after this turn, estimated from the request just sent
-        and its reply; None when only loading the session can tell (history left out of the
-        request, or tool results added to it)."""
+    def _session_size(self, window: prompt_window.Window) -> int | None:
+        """The session's size in tokens after this turn, counted as the summarizer counts it:
+        the request just sent, and its reply; None when only loading the session can tell
+        (history left out of the request, or tool results added to it)."""
         prompt = self.prompt
         if prompt is None or prompt.left_out or prompt.summary_dropped or self.agent.run.calls:
             return None
-        reply = prompt_window.estimate_tokens("".join(self.pieces))
+        reply = window.meter.correct(prompt_window.estimate_tokens("".join(self.pieces)))
         return prompt.tokens + prompt_window.MESSAGE_OVERHEAD_TOKENS + reply
 
     def _learn(self, window: prompt_window.Window) -> None:
