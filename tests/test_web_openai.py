@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 
 from bot.store.web import create_api_token
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+from tests.support.cli import hearthbot
 from tests.support.helpers import db_rows, sent_messages, system_prompt
 from tests.support.web import WebRunning, serving, web_config
 
@@ -97,6 +96,11 @@ async def test_bad_requests_and_bad_tokens_are_refused(running: WebRunning) -> N
     with pytest.raises(openai.BadRequestError):
         await api.chat.completions.create(model="admin",
                                           messages=[{"role": "assistant", "content": "hi"}])
+    # An image is refused, not dropped: no answer may pretend to have seen it.
+    with pytest.raises(openai.BadRequestError, match="images are not supported"):
+        await api.chat.completions.create(model="admin", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}])
     wrong = openai.AsyncOpenAI(base_url=f"{running.url}/v1", api_key="hb-not-a-token",
                                max_retries=0)
     with pytest.raises(openai.AuthenticationError):
@@ -106,21 +110,12 @@ async def test_bad_requests_and_bad_tokens_are_refused(running: WebRunning) -> N
     await wrong.close()
 
 
-async def _hearthbot(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 async def test_tokens_are_created_listed_and_revoked_from_the_command_line(
         data_dir: Path, fake_ollama: FakeOllama, cli_env: dict[str, str]) -> None:
-    code, out, _ = await _hearthbot(cli_env, "token", "create", "--persona", "nobody")
+    code, out, _ = await hearthbot("token", "create", "--persona", "nobody", env=cli_env)
     assert code == 2
-    code, out, _ = await _hearthbot(cli_env, "token", "create", "--persona", "guest",
-                                    "--name", "notes app")
+    code, out, _ = await hearthbot("token", "create", "--persona", "guest",
+                                    "--name", "notes app", env=cli_env)
     assert code == 0
     secret = out.strip().splitlines()[-1]
     assert secret.startswith("hb-") and len(secret) > 40
@@ -128,17 +123,17 @@ async def test_tokens_are_created_listed_and_revoked_from_the_command_line(
     async with serving(config, fake_ollama) as running:
         api = openai.AsyncOpenAI(base_url=f"{running.url}/v1", api_key=secret, max_retries=0)
         assert [m.id for m in (await api.models.list()).data] == ["guest"]
-        code, listed, _ = await _hearthbot(cli_env, "token", "list")
+        code, listed, _ = await hearthbot("token", "list", env=cli_env)
         assert code == 0 and secret not in listed
         assert "guest" in listed and "notes app" in listed and "active" in listed
-        code, _, _ = await _hearthbot(cli_env, "token", "revoke", "1")
+        code, _, _ = await hearthbot("token", "revoke", "1", env=cli_env)
         assert code == 0
         with pytest.raises(openai.AuthenticationError):
             await api.models.list()
         await api.close()
         assert db_rows(running.service, "select count(*) from bindings where platform = 'api'"
                        ) == [(0,)]
-    code, listed, _ = await _hearthbot(cli_env, "token", "list")
+    code, listed, _ = await hearthbot("token", "list", env=cli_env)
     assert "revoked" in listed
-    code, _, err = await _hearthbot(cli_env, "token", "revoke", "7")
+    code, _, err = await hearthbot("token", "revoke", "7", env=cli_env)
     assert code == 1 and "no token 7" in err

@@ -31,13 +31,14 @@ def error(status: int, message: str, kind: str | None = None) -> web.Response:
 
 
 def _text_of(content: object) -> str | None:
-    """A message's text: a string, or the text parts of a list of parts."""
+    """A message's text: a string, or a list of text parts. None for anything else: an image
+    part is refused rather than dropped, so that no answer pretends to have seen it."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        if all(isinstance(p, str) for p in parts):
-            return "\n".join(str(p) for p in parts)
+    if isinstance(content, list) and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content):
+        return "\n".join(str(p["text"]) for p in content)
     return None
 
 
