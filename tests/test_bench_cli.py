@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 from tests.fakes.llm_backends import FakeOllama, FakeOpenAI
-from tests.test_cli import hearthbot
+from tests.support.cli import hearthbot
 
 FIELDS: dict[str, type | tuple[type, ...]] = {
     "model": str, "backend": str, "managed": bool, "cold_start_s": float,

@@ -10,20 +10,8 @@ from pathlib import Path
 
 from bot.service import open_store
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
-from tests.support.cli import hearthbot
+from tests.support.cli import hearthbot, write_config
 from tests.support.helpers import converse, make_config
-
-
-def write_config(tmp_path: Path, base_url: str) -> str:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({
-        # `run` serves the web face; a free port keeps it off whatever holds the default.
-        "gateway": {"port": 0, "providers": {"home": {
-            "type": "ollama", "base_url": base_url, "first_token_timeout": 5,
-            "models": [{"id": "llama3.2:3b", "context_window": 8192}]}}},
-        "agents": {"default": {"active_model": "home/llama3.2:3b"}},
-    }))
-    return str(path)
 
 
 async def test_once_prints_the_reply_as_owner(tmp_path: Path, fake_ollama: FakeOllama,

@@ -15,9 +15,8 @@ from bot import control
 from bot.store.db import SCHEMA_HEAD
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
 from tests.fakes.telegram import FakeTelegram
+from tests.support.cli import two_model_config, write_config
 from tests.support.helpers import until
-from tests.test_cli import write_config
-from tests.test_lifecycle import config_file
 
 # Runs `bot.cli` as `python -m` would, then writes the names of every module loaded.
 _REPORTING_MAIN = """
@@ -79,7 +78,7 @@ async def test_an_idle_service_holds_neither_alembic_nor_the_markdown_parser(
     Markdown parser waits for the first reply's final text."""
     report = tmp_path / "modules-run.json"
     env = {**cli_env, "TELEGRAM_BOT_TOKEN": fake_tg.token,
-           "HEARTHBOT_CONFIG": config_file(tmp_path, fake_ollama, fake_tg)}
+           "HEARTHBOT_CONFIG": two_model_config(tmp_path, fake_ollama, fake_tg)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _REPORTING_MAIN, str(report), "run", env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,

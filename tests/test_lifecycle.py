@@ -12,37 +12,15 @@ import stat
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bot import control
 from tests.fakes.llm_backends import FakeOllama
 from tests.fakes.telegram import FakeTelegram
-from tests.support.cli import hearthbot, hearthbot_run
+from tests.support.cli import BIG, SMALL, hearthbot, hearthbot_run, two_model_config
 from tests.support.helpers import until
 from tests.support.telegram import STRANGER, texts
-
-SMALL, BIG = "llama3.2:3b", "qwen3:8b"
-
-
-def config_file(tmp_path: Path, fake_llm: FakeOllama, fake_tg: FakeTelegram | None = None,
-                tries: int = 30) -> str:
-    config: dict[str, Any] = {
-        "gateway": {"port": 0, "providers": {"ollama": {
-            "type": "ollama", "base_url": fake_llm.base_url, "first_token_timeout": 10,
-            "models": [{"id": SMALL}, {"id": BIG}]}},
-            "residency": {"wait_tries": tries, "wait_seconds": 0.05}},
-        "agents": {"default": {"active_model": f"ollama/{SMALL}", "model_registry": {
-            f"ollama/{SMALL}": {"alias": "small"}, f"ollama/{BIG}": {"alias": "big"}}}},
-    }
-    if fake_tg is not None:
-        config["channels"] = {"telegram": {"api_base_url": fake_tg.base_url,
-                                           "file_base_url": fake_tg.base_file_url,
-                                           "poll_timeout": 1}}
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
-    return str(path)
 
 
 @pytest.fixture
@@ -56,7 +34,7 @@ async def service(tmp_path: Path, fake_tg: FakeTelegram, fake_two: FakeOllama,
                   cli_env: dict[str, str], data_dir: Path) -> AsyncIterator[dict[str, str]]:
     """`hearthbot run` in its own process, serving Telegram; yields the CLI environment."""
     env = {**cli_env, "TELEGRAM_BOT_TOKEN": fake_tg.token,
-           "HEARTHBOT_CONFIG": config_file(tmp_path, fake_two, fake_tg)}
+           "HEARTHBOT_CONFIG": two_model_config(tmp_path, fake_two, fake_tg)}
     async with hearthbot_run(env, fake_tg, data_dir):
         yield env
 
@@ -126,7 +104,7 @@ def test_a_long_data_dir_gets_a_socket_path_that_fits(tmp_path: Path) -> None:
 
 async def test_warm_without_a_service_loads_the_model_with_keep_alive(
         tmp_path: Path, fake_two: FakeOllama, cli_env: dict[str, str]) -> None:
-    code, out, err = await hearthbot("--config", config_file(tmp_path, fake_two), "warm",
+    code, out, err = await hearthbot("--config", two_model_config(tmp_path, fake_two), "warm",
                                      env=cli_env)
     assert code == 0, err
     assert out.startswith(f"ollama/{SMALL} is loaded and warm (")
@@ -141,7 +119,7 @@ async def test_warm_with_the_backend_down_is_one_sentence_and_exit_1(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         gone.port = probe.getsockname()[1]
-    code, out, err = await hearthbot("--config", config_file(tmp_path, gone, tries=3),
+    code, out, err = await hearthbot("--config", two_model_config(tmp_path, gone, tries=3),
                                      "warm", env=cli_env)
     assert code == 1 and out == ""
     (line,) = err.splitlines()
@@ -166,7 +144,7 @@ def systemd_verify(unit: Path) -> tuple[int, str]:
 async def test_service_install_writes_a_unit_systemd_accepts(
         tmp_path: Path, fake_two: FakeOllama, cli_env: dict[str, str], data_dir: Path) -> None:
     units = tmp_path / "units"
-    config = config_file(tmp_path, fake_two)
+    config = two_model_config(tmp_path, fake_two)
     code, out, err = await hearthbot("--config", config, "service", "install", "--kind",
                                      "systemd", "--unit-dir", str(units), "--no-load",
                                      env=cli_env)

@@ -24,7 +24,7 @@ from bot.store.history import (
 )
 from bot.store.retention import Removed, forget_chat, prune_history
 from bot.store.tables import InboxRow, MessageRow, SessionRow, TurnRow, utcnow
-from tests.support.helpers import converse, make_config
+from tests.support.helpers import converse, make_config, upgrade_to
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {"bindings", "sessions", "messages", "inbox", "turns", "pairing_codes",
@@ -131,22 +131,12 @@ def test_schema_head_constant_matches_the_migrations() -> None:
 @pytest.mark.parametrize("previous", ["0001", "0002"])
 async def test_upgrade_from_a_previous_version_keeps_the_data(data_dir: Path, previous: str,
                                                               apart: bool) -> None:
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    from bot.store.db import MIGRATIONS_DIR, SCHEMA_HEAD
+    from bot.store.db import SCHEMA_HEAD
 
     url = make_config(data_dir).store_url()
     store = Store(url)
-
-    def to_previous(connection: object) -> None:
-        config = AlembicConfig()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["connection"] = connection
-        command.upgrade(config, previous)
-
+    await upgrade_to(store, previous)
     async with store.engine.begin() as connection:
-        await connection.run_sync(to_previous)
         # Written as that version's code wrote it: the columns it knew, nothing more.
         await connection.execute(text(
             "insert into inbox (platform, chat_id, message_id, sender_id, event, state, "
@@ -171,22 +161,10 @@ async def test_upgrade_from_a_previous_version_keeps_the_data(data_dir: Path, pr
 
 
 async def test_upgrade_to_0005_keeps_each_summary_covering_nothing_yet(data_dir: Path) -> None:
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    from bot.store.db import MIGRATIONS_DIR
-
     url = make_config(data_dir).store_url()
     store = Store(url)
-
-    def to_0004(connection: object) -> None:
-        config = AlembicConfig()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0004")
-
+    await upgrade_to(store, "0004")
     async with store.engine.begin() as connection:
-        await connection.run_sync(to_0004)
         await connection.execute(text(
             "insert into sessions (id, platform, chat_id, persona, summary, created_at) "
             "values (1, 'telegram', '1', 'guest', 'they like tea', '2026-11-01 10:00:00')"))

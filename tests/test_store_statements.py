@@ -23,8 +23,8 @@ from bot.store.bindings import add_binding, remove_binding, seed_bindings
 from bot.store.tables import InboxRow
 from persona.personas import ADMIN_PROMPT, GUEST_PROMPT
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
+from tests.support.cli import hearthbot
 from tests.support.helpers import sent_messages, until
-from tests.test_cli import hearthbot
 
 
 @contextmanager

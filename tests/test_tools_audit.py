@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-
-from sqlalchemy.engine import Connection
 
 from bot.store import Store
 from bot.store.audit import ALLOWED, REFUSED, ToolCallRecord, read_audit, record_tool_call
 from bot.store.db import SCHEMA_HEAD
 from bot.store.tables import utcnow
-from tests.support.helpers import make_config
-
-
-def _upgrade_to(revision: str) -> Callable[[Connection], None]:
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    from bot.store.db import MIGRATIONS_DIR
-
-    def run(connection: Connection) -> None:
-        config = AlembicConfig()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-
-    return run
+from tests.support.helpers import make_config, upgrade_to
 
 
 def _columns(path: str, table: str) -> list[str]:
@@ -54,8 +36,7 @@ async def test_0003_from_empty_creates_the_audit_table_and_reruns_cleanly(data_d
 async def test_0004_upgrades_a_0003_database_and_keeps_its_data(data_dir: Path) -> None:
     url = make_config(data_dir).store_url()
     store = Store(url)
-    async with store.engine.begin() as connection:
-        await connection.run_sync(_upgrade_to("0003"))
+    await upgrade_to(store, "0003")
     path = url.split("///", 1)[1]
     with sqlite3.connect(path) as db:
         db.execute("insert into pairing_attempts (platform, sender_id, succeeded, at) "
@@ -81,13 +62,11 @@ async def test_0004_is_idempotent_when_the_table_already_exists(data_dir: Path) 
     """A run that created the table but died before recording the revision can run again."""
     url = make_config(data_dir).store_url()
     store = Store(url)
-    async with store.engine.begin() as connection:
-        await connection.run_sync(_upgrade_to("0004"))
+    await upgrade_to(store, "0004")
     path = url.split("///", 1)[1]
     with sqlite3.connect(path) as db:
         db.execute("update alembic_version set version_num = '0003'")
-    async with store.engine.begin() as connection:
-        await connection.run_sync(_upgrade_to("0004"))
+    await upgrade_to(store, "0004")
     await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("select version_num from alembic_version").fetchall() == [("0004",)]

@@ -6,8 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from bot.store import Store
-from tests.support.helpers import make_config
-from tests.test_tools_audit import _upgrade_to
+from tests.support.helpers import make_config, upgrade_to
 
 NEW_COLUMNS = {"thinking", "thinking_ms", "cached_tokens", "platform", "chat_id",
                "fallback_from"}
@@ -16,8 +15,7 @@ NEW_COLUMNS = {"thinking", "thinking_ms", "cached_tokens", "platform", "chat_id"
 async def test_0007_upgrades_a_0006_database_and_can_run_again(data_dir: Path) -> None:
     url = make_config(data_dir).store_url()
     store = Store(url)
-    async with store.engine.begin() as connection:
-        await connection.run_sync(_upgrade_to("0006"))
+    await upgrade_to(store, "0006")
     path = url.split("///", 1)[1]
     with sqlite3.connect(path) as db:
         db.execute("insert into turns (persona, model, status, received_at, prompt_tokens, "
@@ -31,8 +29,7 @@ async def test_0007_upgrades_a_0006_database_and_can_run_again(data_dir: Path) -
                           "from turns").fetchall() == [("admin", 11, 7, None)]
         # A run that added the columns but died before recording the revision runs again.
         db.execute("update alembic_version set version_num = '0006'")
-    async with store.engine.begin() as connection:
-        await connection.run_sync(_upgrade_to("0007"))
+    await upgrade_to(store, "0007")
     with sqlite3.connect(path) as db:
         assert db.execute("select version_num from alembic_version").fetchall() == [("0007",)]
         indexes = {r[1] for r in db.execute("pragma index_list(turns)")}

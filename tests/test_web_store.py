@@ -8,8 +8,7 @@ from pathlib import Path
 from bot.store import Store
 from bot.store.bindings import list_bindings
 from bot.store.web import api_token_for, create_api_token, revoke_api_token
-from tests.support.helpers import make_config
-from tests.test_tools_audit import _upgrade_to
+from tests.support.helpers import make_config, upgrade_to
 
 TABLES = {"web_links", "web_sessions", "api_tokens"}
 
@@ -17,8 +16,7 @@ TABLES = {"web_links", "web_sessions", "api_tokens"}
 async def test_0006_upgrades_a_0005_database_and_can_run_again(data_dir: Path) -> None:
     url = make_config(data_dir).store_url()
     store = Store(url)
-    async with store.engine.begin() as connection:
-        await connection.run_sync(_upgrade_to("0005"))
+    await upgrade_to(store, "0005")
     path = url.split("///", 1)[1]
     with sqlite3.connect(path) as db:
         db.execute("insert into tool_calls (at, persona, platform, chat_id, tool, arguments, "
@@ -31,8 +29,7 @@ async def test_0006_upgrades_a_0005_database_and_can_run_again(data_dir: Path) -
         assert db.execute("select count(*) from tool_calls").fetchone() == (1,)
         # A run that made the tables but died before recording the revision runs again.
         db.execute("update alembic_version set version_num = '0005'")
-    async with store.engine.begin() as connection:
-        await connection.run_sync(_upgrade_to("0006"))
+    await upgrade_to(store, "0006")
     with sqlite3.connect(path) as db:
         assert db.execute("select version_num from alembic_version").fetchall() == [("0006",)]
     await store.close()

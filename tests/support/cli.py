@@ -1,17 +1,57 @@
-"""The `hearthbot` command as a person runs it: a child process, its own environment."""
+"""The `hearthbot` command as a person runs it: a child process, its own environment, and
+the config files the command-line tests hand it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from bot import control
+from tests.fakes.llm_backends import FakeOllama
 from tests.fakes.telegram import FakeTelegram
 from tests.support.helpers import until
+
+SMALL, BIG = "llama3.2:3b", "qwen3:8b"
+
+
+def write_config(tmp_path: Path, base_url: str) -> str:
+    """A config file with one Ollama model at `base_url`; its path."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({
+        # `run` serves the web face; a free port keeps it off whatever holds the default.
+        "gateway": {"port": 0, "providers": {"home": {
+            "type": "ollama", "base_url": base_url, "first_token_timeout": 5,
+            "models": [{"id": "llama3.2:3b", "context_window": 8192}]}}},
+        "agents": {"default": {"active_model": "home/llama3.2:3b"}},
+    }))
+    return str(path)
+
+
+def two_model_config(tmp_path: Path, fake_llm: FakeOllama, fake_tg: FakeTelegram | None = None,
+                     tries: int = 30) -> str:
+    """A config file with two Ollama models (SMALL active, BIG by alias) and, given a fake
+    Telegram, that channel; its path."""
+    config: dict[str, Any] = {
+        "gateway": {"port": 0, "providers": {"ollama": {
+            "type": "ollama", "base_url": fake_llm.base_url, "first_token_timeout": 10,
+            "models": [{"id": SMALL}, {"id": BIG}]}},
+            "residency": {"wait_tries": tries, "wait_seconds": 0.05}},
+        "agents": {"default": {"active_model": f"ollama/{SMALL}", "model_registry": {
+            f"ollama/{SMALL}": {"alias": "small"}, f"ollama/{BIG}": {"alias": "big"}}}},
+    }
+    if fake_tg is not None:
+        config["channels"] = {"telegram": {"api_base_url": fake_tg.base_url,
+                                           "file_base_url": fake_tg.base_file_url,
+                                           "poll_timeout": 1}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return str(path)
 
 
 async def hearthbot(*args: str, env: dict[str, str]) -> tuple[int, str, str]:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from bot.config import Config, parse_config
 from bot.events import ChatKind, InboundEvent, MessageStatus
 from bot.service import Service
@@ -118,3 +120,20 @@ def code_reply_of_length(length: int) -> str:
         lines.append(f"print({len(lines)})  # step {len(lines)} of the listing")
     text = head + "\n".join(lines) + tail
     return text + "!" * (length - len(text))
+
+
+async def upgrade_to(store: Store, revision: str) -> None:
+    """Bring the store's schema to `revision` only, as a database an earlier release made."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from bot.store.db import MIGRATIONS_DIR
+
+    def run(connection: Connection) -> None:
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    async with store.engine.begin() as connection:
+        await connection.run_sync(run)
