@@ -220,6 +220,14 @@ class _Unreadable:
         self.problem = problem
 
 
+async def _raw_updates(bot: Bot, **params: object) -> object:
+    """getUpdates as Telegram sent it, unparsed: the library's documented way to read what it
+    cannot, and to acknowledge without reading."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBUserWarning)
+        return await bot.do_api_request("getUpdates", api_kwargs=params)
+
+
 def _update_id(payload: object, batch: list[tuple[int, Update | _Unreadable]],
                offset: int | None) -> int:
     """An update's id; for one too broken to say, the id after the one before it, so that
@@ -432,10 +440,8 @@ class TelegramAdapter:
         cannot make the acknowledgement fail."""
         if self._offset is None:
             return
-        with warnings.catch_warnings(), contextlib.suppress(TelegramError):
-            warnings.simplefilter("ignore", PTBUserWarning)
-            await bot.do_api_request("getUpdates", api_kwargs={
-                "offset": self._offset, "limit": 1, "timeout": 0})
+        with contextlib.suppress(TelegramError):
+            await _raw_updates(bot, offset=self._offset, limit=1, timeout=0)
 
     async def _prepare(self, bot: Bot) -> None:
         await bot.delete_webhook(drop_pending_updates=False)
@@ -493,11 +499,8 @@ class TelegramAdapter:
         except Exception as exc:
             log.warning("telegram: the library could not read a batch of updates (%s); "
                         "reading them one by one", type(exc).__name__)
-        with warnings.catch_warnings():
-            # The raw call is the library's documented way to get the unparsed payload.
-            warnings.simplefilter("ignore", PTBUserWarning)
-            raw = await bot.do_api_request("getUpdates", api_kwargs={
-                "offset": self._offset, "timeout": 0, "allowed_updates": ALLOWED_UPDATES})
+        raw = await _raw_updates(bot, offset=self._offset, timeout=0,
+                                 allowed_updates=ALLOWED_UPDATES)
         batch: list[tuple[int, Update | _Unreadable]] = []
         for payload in raw if isinstance(raw, list) else []:
             update_id = _update_id(payload, batch, self._offset)
