@@ -142,6 +142,10 @@ class ContextKeeper:
         meter = self.meters.setdefault(target.label, TokenMeter())
         return Window(target, meter, output_tokens, tools, self.spec.margin)
 
+    def threshold(self, window: Window) -> float:
+        """The session size, in tokens, past which its older turns are summarized."""
+        return self.spec.summarize_at * window.budget
+
     def summary_limit(self, window: Window) -> int:
         """The longest summary, in tokens, that the turns' budget leaves room for."""
         return max(int(window.budget * self.spec.summary_share), 16)
@@ -170,8 +174,7 @@ class ContextKeeper:
         below the threshold, the session is not loaded and counted again just to learn that."""
         if self._closed:
             return
-        threshold = self.spec.summarize_at * window.budget
-        if size_at_most is not None and size_at_most < FAR_BELOW * threshold:
+        if size_at_most is not None and size_at_most < FAR_BELOW * self.threshold(window):
             return
         backoff = self._backoff.get(job.session_id)
         if backoff is not None and backoff.wait_turns > 0:
@@ -268,7 +271,7 @@ class ContextKeeper:
             system = system_message(job.persona.system_prompt, conversation.summary)
             if not force:
                 size = await window.count([system, *as_chat(history)])
-                if size <= self.spec.summarize_at * window.budget:
+                if size <= self.threshold(window):
                     return Folded(0, conversation.summary)
             start = (kept_from(history) if force
                      else await self._kept_start(window, system, history))
@@ -460,7 +463,7 @@ class ChatContext:
             kept += (f"; {prompt.left_out} older messages are neither summarized nor sent "
                      f"(summarizing will catch up)")
         lines.append(kept + ".")
-        threshold = int(self.keeper.spec.summarize_at * window.budget)
+        threshold = int(self.keeper.threshold(window))
         lines.append(f"Older turns are summarized past {self.keeper.spec.summarize_at:.0%} of "
                      f"the {window.budget:,}-token budget ({threshold:,} tokens); /compact does "
                      "it now.")
