@@ -310,7 +310,8 @@ class Turn:
                             self.event.message_id, image.ref, exc)
                 problem = problem or ImageError.user_message
             except Exception:
-                # The platform could not hand it over (gone, network): said, not raised.
+                # Anything else the fetch raised (a network error the adapter did not
+                # translate): said, not raised, with the traceback for the log.
                 log.exception("%s message %s: could not fetch image %s", self.event.platform,
                               self.event.message_id, image.ref)
                 problem = problem or ImageError.user_message
