@@ -18,7 +18,7 @@ from bot.voice.stt import Transcriber
 from bot.voice.tts import SpokenClip, Synthesizer
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.llm_backends import FakeOllama, ScriptedReply
-from tests.support.discord import STRANGER_ID, serving, settled
+from tests.support.discord import STRANGER_ID, bot_messages, serving, settled
 from tests.support.helpers import db_rows, ollama_config, until
 from tests.support.voice import ANSWER, QUESTION, heard
 
@@ -51,14 +51,14 @@ async def test_voice_message_in_gets_a_spoken_voice_message_out(
         fake_discord.dm(author_id=STRANGER_ID, author_name="stranger", content="",
                 attachments=[voice_attachment(fake_discord, spoken_question)])
         await until(lambda: any(m.get("flags", 0) & VOICE_FLAG
-                                for m in fake_discord.messages_in(channel) if m["author"]["bot"]),
+                                for m in bot_messages(fake_discord, channel)),
                     "a voice message from the bot", within=60)
     body = fake_ollama.requests_to("/api/chat")[-1].body
     assert body is not None
     asked = str(body["messages"][-1]["content"])  # type: ignore[index]
     assert asked.startswith("[voice note, transcribed automatically")
     assert heard(asked, "weather", "paris", "today") >= 2, asked
-    from_bot = [m for m in fake_discord.messages_in(channel) if m["author"]["bot"]]
+    from_bot = bot_messages(fake_discord, channel)
     assert from_bot[0]["content"] == "".join(ANSWER).strip()
     voice = from_bot[-1]
     assert voice["content"] == ""
@@ -91,7 +91,7 @@ async def test_malformed_voice_attachments_are_set_aside_or_said_never_a_traceba
         text = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger",
                                content="and text?")
         assert await settled(voice_service, text) == MessageStatus.ANSWERED
-    replies = [m["content"] for m in fake_discord.messages_in(channel) if m["author"]["bot"]]
+    replies = [m["content"] for m in bot_messages(fake_discord, channel)]
     assert replies == ["I couldn't make out that voice note.", "Hello there."]
     assert (f"message {unreadable['id']}",) in db_rows(voice_service,
                                                       "select ref from quarantine")
@@ -111,6 +111,6 @@ async def test_a_corrupt_voice_message_gets_a_plain_answer(
         text = fake_discord.dm(author_id=STRANGER_ID, author_name="stranger",
                                content="and text?")
         assert await settled(voice_service, text) == MessageStatus.ANSWERED
-    replies = [m["content"] for m in fake_discord.messages_in(channel) if m["author"]["bot"]]
+    replies = [m["content"] for m in bot_messages(fake_discord, channel)]
     assert replies == ["I couldn't make out that voice note.", "Hello there."]
     assert len(fake_ollama.requests_to("/api/chat")) == 1
